@@ -1,0 +1,235 @@
+"""The ``ptgym`` command (DESIGN §9).
+
+Each subcommand is a small function; heavy imports (torch, docker) happen inside them so
+``ptgym --help`` and ``ptgym envs list`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+import time
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ptgym import config as C
+
+EXAMPLES = """examples:
+  ptgym train env=math                          GRPO on the embedded default model, CPU
+  ptgym train env=math algo=ppo trainer.steps=50 lora.r=8
+  ptgym rollout env=math tasks=16 group=4 out=runs/demo
+  ptgym eval env=math tasks=50 k=4
+  ptgym envs list
+  ptgym sandbox build && ptgym train env=code-tools trainer.steps=2
+"""
+
+
+def field_help(schema: type) -> dict[str, str]:
+    """One-line help per field, read from the ``# comment`` after each dataclass field."""
+    helps: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not is_dataclass(cls):
+            continue
+        for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(cls), re.M):
+            helps[m.group(1)] = m.group(2).strip()
+    return helps
+
+
+def describe(schema: type, prefix: str = "") -> list[str]:
+    """``key = default  help`` lines for every leaf of a config schema."""
+    lines = []
+    helps = field_help(schema)
+    obj = schema()
+    for f in fields(schema):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            lines.extend(describe(type(value), f"{prefix}{f.name}."))
+        else:
+            key = f"{prefix}{f.name}={value}"
+            lines.append(f"  {key:<42} {helps.get(f.name, '')}")
+    return lines
+
+
+def config_epilog(schema: type) -> str:
+    groups = [f"  {g}=  {', '.join(C.group_choices(g))}" for g in C.valid_groups(schema)]
+    groups[0] += "  (or any env from `ptgym envs list`)" if groups else ""
+    aliases = [f"{k} -> {v}" for k, v in C.ALIASES.items() if v.split(".")[0] in
+               {f.name for f in fields(schema)}]
+    return "\n".join(
+        ["config groups:", *groups, "", "short keys: " + ", ".join(aliases), "", "config keys:",
+         *describe(schema)]
+    )
+
+
+def default_out(command: str) -> str:
+    return str(Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = C.compose(C.TrainCommand, args.overrides)
+    cfg.out = cfg.out or default_out("train")
+    from ptgym.trainer import train
+
+    train(cfg)
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    cfg = C.compose(C.RolloutCommand, args.overrides)
+    cfg.out = cfg.out or default_out("rollout")
+    from ptgym.rollout import run_rollout_command
+
+    run_rollout_command(cfg)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    cfg = C.compose(C.EvalCommand, args.overrides)
+    cfg.out = cfg.out or default_out("eval")
+    from ptgym.evaluate import run_eval_command
+
+    run_eval_command(cfg)
+    return 0
+
+
+def cmd_envs_list(args: argparse.Namespace) -> int:
+    from ptgym.registry import load_entry_points, specs
+
+    errors = load_entry_points()
+    rows = [(s.short_name or "-", s.id, s.source, s.description) for s in specs()]
+    widths = [max(len(r[i]) for r in rows + [("name", "id", "source", "")]) for i in range(3)]
+    print(f"{'name':<{widths[0]}}  {'id':<{widths[1]}}  {'source':<{widths[2]}}  description")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    for e in errors:
+        print(f"warning: could not load {e}", file=sys.stderr)
+    return 0
+
+
+def cmd_envs_new(args: argparse.Namespace) -> int:
+    from ptgym.scaffold import new_env_package
+
+    path = new_env_package(args.name, Path(args.dir))
+    print(f"wrote {path}\nnext: pip install -e {path} && ptgym envs list")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from ptgym import sandbox
+
+    if args.action == "build":
+        image = sandbox.build_image(force=args.force, base=args.base)
+        print(f"built {image}")
+    elif args.action == "ps":
+        rows = sandbox.list_sandboxes()
+        if not rows:
+            print("no ptgym sandboxes running")
+        for r in rows:
+            print("  ".join(f"{k}={v}" for k, v in r.items()))
+    else:
+        print(f"removed {sandbox.prune()} sandbox container(s)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ptgym.agents import models
+
+    if args.action == "pull":
+        print(f"ready: {models.pull_model(args.name)}")
+    else:
+        for name, where in models.list_models().items():
+            print(f"{name:<16} {where}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ptgym.agents.serve import serve
+
+    serve(model=args.model, host=args.host, port=args.port)
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def _config_command(sub: Any, name: str, schema: type, help: str, fn: Any) -> None:
+    p = sub.add_parser(
+        name, help=help, description=help, epilog=config_epilog(schema),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(fn=fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptgym",
+        description="A gym for post-training language models with RL, run from the terminal.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _config_command(sub, "train", C.TrainCommand,
+                    "train a policy with GRPO or PPO on an env", cmd_train)
+    _config_command(sub, "rollout", C.RolloutCommand,
+                    "collect trajectories from a model in an env into a run directory", cmd_rollout)
+    _config_command(sub, "eval", C.EvalCommand,
+                    "evaluate a model on held-out tasks: mean reward, pass@1, pass@k", cmd_eval)
+
+    envs = sub.add_parser("envs", help="list or scaffold environments")
+    envs_sub = envs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    envs_sub.add_parser("list", help="every registered env: built-in, entry points, code").set_defaults(
+        fn=cmd_envs_list)
+    new = envs_sub.add_parser("new", help="write a pip-installable package with a custom env")
+    new.add_argument("name", help="env short name, e.g. my-env")
+    new.add_argument("--dir", default=".", help="where to create the package (default: .)")
+    new.set_defaults(fn=cmd_envs_new)
+
+    sb = sub.add_parser("sandbox", help="build and manage the Docker code sandbox")
+    sb.add_argument("action", choices=["build", "ps", "prune"])
+    sb.add_argument("--force", action="store_true", help="build: rebuild even if the image exists")
+    sb.add_argument("--base", default=None,
+                    help="build: a base image (e.g. python:3.11-slim) when a registry is reachable; "
+                    "default: a Debian rootfs made with debootstrap (works offline)")
+    sb.set_defaults(fn=cmd_sandbox)
+
+    md = sub.add_parser("models", help="fetch the embedded default model; list cached models")
+    md.add_argument("action", choices=["pull", "list"])
+    md.add_argument("name", nargs="?", default="smollm2-135m", help="model short name")
+    md.set_defaults(fn=cmd_models)
+
+    sv = sub.add_parser("serve", help="serve a model with the OpenAI chat-completions API")
+    sv.add_argument("--model", default="smollm2-135m")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(fn=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except (C.ConfigError, KeyError, FileNotFoundError) as exc:
+        if isinstance(exc, KeyError) and not exc.__class__.__name__.endswith("EnvError"):
+            raise
+        print(f"ptgym {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nptgym {args.command}: interrupted; everything written so far is kept",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Typed configs and Hydra-style ``key=value`` overrides (DESIGN §9).
+
+``ptgym train env=code-tools algo=ppo model=tiny trainer.steps=50 lora.r=8`` composes:
+1. the command's dataclass defaults,
+2. the config-group presets chosen by ``env=``, ``model=`` and ``algo=`` (YAML files in
+   ``ptgym/conf/<group>/<choice>.yaml``, each a partial config),
+3. every other ``dotted.key=value`` override, merged by OmegaConf into the typed structure.
+An unknown key, a bad value or an unknown choice stops with a ``ConfigError`` naming the key, the
+valid keys or choices, and the closest match.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config the user wrote wrong; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"  # short name (smollm2-135m, tiny), a local folder or a HF model id
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda
+    chat_template: str | None = None  # a Jinja chat template replacing the tokenizer's
+    gradient_checkpointing: bool = False  # trade compute for memory on long trajectories
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # train LoRA adapters (PEFT); false = full fine-tuning
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the adapter input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
+
+
+@dataclass
+class EnvConfig:
+    name: str = "math"  # short name or id from `ptgym envs list`
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the env constructor
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128  # per turn
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling
+    top_k: int = 0  # 0 = off
+
+
+@dataclass
+class RolloutConfig:
+    tasks: int = 4  # distinct tasks (prompts) per batch
+    group: int = 4  # rollouts per task: the GRPO group size (k for eval)
+    max_turns: int = 1  # assistant turns per episode before truncation
+    max_tokens: int = 1024  # sampled tokens per trajectory before truncation
+    episode_timeout_s: float = 600.0  # wall time per episode before truncation
+    env_workers: int = 8  # threads stepping synchronous envs
+    batch_size: int = 32  # prompts per generation call
+    seed: int = 0  # seeds the tasks: task i of batch b uses seed + b * tasks + i
+    backend: str = "hf"  # hf | openai | vllm
+    base_url: str | None = None  # for backend=openai: the server's /v1 URL
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"  # grpo | ppo
+    credit: str = "trajectory"  # trajectory | turn | gae (PPO)
+    baseline: str = "group"  # group (mean of the group) | rloo (leave-one-out)
+    scale_std: bool = True  # divide group advantages by the group std (false = Dr. GRPO)
+    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | constant (Dr. GRPO)
+    clip_low: float = 0.2  # ratio clip below 1 - clip_low
+    clip_high: float = 0.28  # ratio clip above 1 + clip_high (DAPO clip-higher)
+    beta: float = 0.0  # KL coefficient to the reference policy (0 = no reference pass)
+    dynamic_sampling: bool = False  # drop groups whose rewards all agree (DAPO)
+    epochs: int = 1  # optimisation passes over each batch
+    gamma: float = 1.0  # discount over turns (turn credit) or tokens (gae)
+    lam: float = 0.95  # GAE lambda
+    vf_coef: float = 0.5  # value-loss weight (PPO)
+    value_clip: float = 0.2  # value clipping range (PPO)
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 20  # optimizer steps (one rollout batch each)
+    lr: float = 1e-4  # learning rate (LoRA-sized; use ~1e-6 for full fine-tuning)
+    weight_decay: float = 0.0  # AdamW weight decay
+    micro_batch: int = 8  # rows per forward/backward; gradients accumulate over the batch
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    warmup_steps: int = 0  # linear LR warm-up steps
+    schedule: str = "constant"  # constant | linear | cosine
+    save_every: int = 10  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+    seed: int = 0  # seeds torch (init of adapters/value head, sampling)
+    eval_every: int = 0  # held-out eval every N steps (0 = off)
+    eval_tasks: int = 32  # tasks in each held-out eval
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = False  # mirror metrics to RUN/tensorboard
+    wandb: bool = False  # mirror metrics to Weights & Biases
+    wandb_project: str = "ptgym"  # W&B project name
+
+
+@dataclass
+class RolloutCommand:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    split: str = "train"  # train | test: which task seeds to draw
+    out: str | None = None  # run directory (default runs/<command>-<time>)
+
+
+@dataclass
+class EvalCommand(RolloutCommand):
+    split: str = "test"
+
+
+@dataclass
+class TrainCommand(RolloutCommand):
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: bool = False  # continue from the last checkpoint in `out`
+
+
+GROUPS = ("env", "model", "algo")
+ALIASES = {
+    "tasks": "rollout.tasks",
+    "group": "rollout.group",
+    "k": "rollout.group",
+    "steps": "trainer.steps",
+    "credit": "algo.credit",
+    "seed": "rollout.seed",
+}
+CHOICES = {
+    "algo.name": ("grpo", "ppo"),
+    "algo.credit": ("trajectory", "turn", "gae"),
+    "algo.baseline": ("group", "rloo"),
+    "algo.aggregation": ("token-mean", "seq-mean-token-mean", "constant"),
+    "model.dtype": ("auto", "float32", "bfloat16"),
+    "model.device": ("auto", "cpu", "cuda"),
+    "trainer.schedule": ("constant", "linear", "cosine"),
+    "rollout.backend": ("hf", "openai", "vllm"),
+    "split": ("train", "test"),
+}
+POSITIVE = ("rollout.tasks", "rollout.group", "rollout.max_turns", "rollout.max_tokens",
+            "sampling.max_new_tokens", "trainer.micro_batch", "lora.r", "algo.epochs")
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"cannot read {arg!r}: overrides are key=value, e.g. env=math trainer.steps=20"
+            )
+        pairs.append((ALIASES.get(key, key), value))
+    return pairs
+
+
+def compose(schema: type, args: list[str]) -> Any:
+    """Build a typed config object of class ``schema`` from command-line overrides."""
+    cfg = OmegaConf.structured(schema)
+    pairs = parse_overrides(args)
+    valid = _keys(schema)
+    for key, value in pairs:
+        if key in GROUPS and key in valid_groups(schema):
+            cfg = _merge(cfg, _group_preset(key, value), f"{key}={value}", valid)
+    dotted = [f"{k}={v}" for k, v in pairs if k not in GROUPS]
+    for item in dotted:
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), item, valid)
+    obj = OmegaConf.to_object(cfg)
+    _validate(obj)
+    return obj
+
+
+def valid_groups(schema: type) -> list[str]:
+    return [g for g in GROUPS if any(f.name == g for f in fields(schema))]
+
+
+def _group_preset(group: str, choice: str) -> Any:
+    path = CONF_DIR / group / f"{choice}.yaml"
+    if path.exists():
+        return OmegaConf.load(path)
+    if group == "env":
+        from ptgym.registry import resolve
+
+        resolve(choice)  # raises with "did you mean" for an unknown env
+        return OmegaConf.create({"env": {"name": choice}})
+    if group == "model":  # a local folder or a Hugging Face id: checked when loaded
+        return OmegaConf.create({"model": {"name": choice}})
+    raise ConfigError(_unknown(f"{group}={choice}", choice, group_choices(group), f"{group} choices"))
+
+
+def _merge(cfg: Any, other: Any, what: str, valid: list[str]) -> Any:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or what.partition("=")[0]
+        if "not in" in str(exc) or "ConfigKeyError" in type(exc).__name__:
+            section = key.rpartition(".")[0]
+            if section:
+                siblings = [k for k in valid if k.rpartition(".")[0] == section]
+            else:  # top level: sections, plain keys and the short aliases
+                siblings = sorted({k.partition(".")[0] for k in valid} | set(ALIASES))
+            raise ConfigError(_unknown(what, key, siblings or valid, "valid keys")) from None
+        value = what.partition("=")[2]
+        reason = str(exc.msg).splitlines()[0]
+        raise ConfigError(f"bad value for {key!r}: {value!r} ({reason})") from None
+
+
+def _unknown(what: str, name: str, valid: list[str], label: str) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what!r}.{hint} {label}: {', '.join(valid)}"
+
+
+def _keys(schema: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(schema):
+        ftype = f.default_factory if f.default_factory is not field else None  # type: ignore[misc]
+        if ftype is not None and is_dataclass(ftype):
+            out.extend(_keys(ftype, f"{prefix}{f.name}."))
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _validate(obj: Any) -> None:
+    for key, choices in CHOICES.items():
+        value = _get(obj, key)
+        if value is not None and value not in choices:
+            raise ConfigError(_unknown(f"{key}={value}", str(value), list(choices), "choices"))
+    for key in POSITIVE:
+        value = _get(obj, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    algo = getattr(obj, "algo", None)
+    if algo is not None and (algo.credit == "gae") != (algo.name == "ppo"):
+        raise ConfigError(
+            f"algo.credit={algo.credit} does not go with algo.name={algo.name}: "
+            "gae needs a critic (algo=ppo); grpo uses credit=trajectory or credit=turn"
+        )
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return None
+        obj = getattr(obj, part)
+    return obj
+
+
+def to_yaml(obj: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(obj))
+
+
+def load_yaml(schema: type, path: str | Path) -> Any:
+    """Read a resolved config written by a run (``RUN/config.yaml``) back into ``schema``."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path)))
