@@ -113,9 +113,13 @@ def cmd_envs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_envs_new(args: argparse.Namespace) -> int:
-    from ptgym.scaffold import new_env_package
+    from ptgym.scaffold import ScaffoldError, new_env_package
 
-    path = new_env_package(args.name, Path(args.dir))
+    try:
+        path = new_env_package(args.name, Path(args.dir))
+    except ScaffoldError as exc:
+        print(f"ptgym envs new: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path}\nnext: pip install -e {path} && ptgym envs list")
     return 0
 
