@@ -185,7 +185,10 @@ def grpo_loss(
     whose gradient the clip zeroes), ``ratio_mean``, ``ratio_max``, ``approx_kl`` (k3 from the
     behaviour policy, a drift monitor), ``kl`` (k3 to the reference, when given), ``pg_loss``.
     """
-    old_logprobs = old_logprobs.detach()
+    # Unsampled positions may hold anything (padding, -inf): make them on-policy so no inf/NaN
+    # reaches the loss or, through exp's backward, the gradient.
+    sampled = mask.bool()
+    old_logprobs = torch.where(sampled, old_logprobs, logprobs).detach()
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -194,18 +197,17 @@ def grpo_loss(
 
     high = (advantages > 0) & (ratio > 1 + clip_high)
     low = (advantages < 0) & (ratio < 1 - clip_low)
-    sampled = mask.bool()
     stats: Stats = {
         "pg_loss": aggregate(per_token, mask, norm=norm).detach(),
         "clip_high_frac": _masked_mean(high.to(ratio.dtype), mask),
         "clip_low_frac": _masked_mean(low.to(ratio.dtype), mask),
         "ratio_mean": _masked_mean(ratio, mask),
-        "ratio_max": ratio.detach()[sampled].max() if sampled.any() else ratio.new_tensor(1.0),
+        "ratio_max": torch.where(sampled, ratio.detach(), 0.0).max(),
         "approx_kl": _masked_mean(kl_k3(logprobs, old_logprobs), mask),
     }
     stats["clip_frac"] = stats["clip_high_frac"] + stats["clip_low_frac"]
     if ref_logprobs is not None:
-        kl = kl_k3(logprobs, ref_logprobs.detach())  # (B, T)
+        kl = kl_k3(logprobs, torch.where(sampled, ref_logprobs, logprobs).detach())  # (B, T)
         stats["kl"] = _masked_mean(kl, mask)
         if beta != 0.0:
             per_token = per_token + beta * kl

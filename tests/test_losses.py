@@ -185,6 +185,21 @@ def test_grpo_kl_to_reference_adds_beta_k3():
         grpo_loss(logprobs, OLD, ADV, PG_MASK, beta=0.1)
 
 
+def test_grpo_ignores_garbage_on_unsampled_positions():
+    # The sampler pads behaviour/reference logprobs with anything, even -inf or NaN.
+    logprobs = policy_logprobs()
+    old = OLD.clone()
+    old[0, 5] = -math.inf
+    ref = logprobs.detach().clone()
+    ref[0, 5] = math.nan
+    loss, stats = grpo_loss(logprobs, old, ADV, PG_MASK, ref_logprobs=ref, beta=0.1)
+    loss.backward()
+    assert loss.item() == approx(-0.1)
+    assert stats["kl"].item() == 0.0
+    assert torch.isfinite(logprobs.grad).all()
+    assert logprobs.grad[0, 5].item() == 0.0
+
+
 def test_grpo_approx_kl_is_zero_on_policy():
     loss, stats = grpo_loss(OLD.clone().requires_grad_(), OLD, ADV, PG_MASK)
     # rho = 1 everywhere: loss = -mean(A) over the 5 sampled tokens = -(1 - 1 + 1 - 1 + 1) / 5.
