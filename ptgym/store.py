@@ -72,10 +72,10 @@ def scan(path: Path) -> tuple[list[int], TornTail | None]:
     offsets: list[int] = []
     with open(path, "rb") as f:
         head = f.read(len(HEADER))
-        if len(head) < len(HEADER):
+        if len(head) < len(HEADER) and HEADER.startswith(head):
             torn = TornTail(0, len(head), "incomplete header") if head else None
             return offsets, torn
-        if head[: len(MAGIC)] != MAGIC:
+        if not head.startswith(MAGIC):
             raise CorruptStreamError(f"{path} is not a ptgym record stream (bad magic bytes)")
         pos = len(HEADER)
         size = os.fstat(f.fileno()).st_size
