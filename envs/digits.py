@@ -76,6 +76,7 @@ class DigitsEnv(TextEnv):
         self.task_id = ""
         self.answer = ""
         self.attempt = 0
+        self._done = False
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -94,6 +95,7 @@ class DigitsEnv(TextEnv):
         else:
             a, b = (int(x) for x in self.np_random.integers(0, 10, size=2))
         self.task_id, self.answer, self.attempt = f"{a}+{b}", str((a + b) % 10), 0
+        self._done = False
         obs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         obs.append({"role": "user", "content": PROMPT.format(a=a, b=b)})
         self.messages = [dict(m) for m in obs]
@@ -102,7 +104,7 @@ class DigitsEnv(TextEnv):
     def step(
         self, action: str | Action
     ) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
-        if not self.task_id or self.attempt >= self.max_attempts:
+        if not self.task_id or self._done:
             raise RuntimeError("DigitsEnv.step called before reset() or after the episode ended")
         text = action_text(action)
         self.attempt += 1
@@ -111,6 +113,7 @@ class DigitsEnv(TextEnv):
         extracted = stripped[0] if stripped else None
         correct = extracted == self.answer
         terminated = correct or self.attempt >= self.max_attempts
+        self._done = terminated
         reward = float(correct) * self.attempt_discount ** (self.attempt - 1)
         obs = [] if terminated else [{"role": "user", "content": TRY_AGAIN}]
         self.messages.extend(dict(m) for m in obs)

@@ -203,6 +203,7 @@ class MathEnv(TextEnv):
         self.task_id = ""
         self.answer = ""
         self.attempt = 0
+        self._done = False
 
     @property
     def num_tasks(self) -> int:
@@ -249,6 +250,7 @@ class MathEnv(TextEnv):
         question, self.answer = _item(name, self._configs[name], self._seed, self._size, index)
         self.task_id = self._task_id(name, index)
         self.attempt = 0
+        self._done = False
         obs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         obs.append({"role": "user", "content": question})
         self.messages = [dict(m) for m in obs]
@@ -258,7 +260,7 @@ class MathEnv(TextEnv):
     def step(
         self, action: str | Action
     ) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
-        if not self.task_id or self.attempt >= self.max_attempts:
+        if not self.task_id or self._done:
             raise RuntimeError("MathEnv.step called before reset() or after the episode ended")
         text = action_text(action)
         self.attempt += 1
@@ -266,6 +268,7 @@ class MathEnv(TextEnv):
         extracted = extract_answer(text)
         correct = extracted is not None and verify_answer(extracted, self.answer)
         terminated = correct or self.attempt >= self.max_attempts
+        self._done = terminated
         reward, obs = 0.0, []
         if terminated:
             reward = float(correct) * self.attempt_discount ** (self.attempt - 1)

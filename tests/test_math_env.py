@@ -128,6 +128,10 @@ def test_multi_turn_feedback_hints_and_discounted_final_reward() -> None:
     assert env.step("hmm")[0] == [{"role": "user", "content": NO_ANSWER}]
     obs, reward, terminated, _, step_info = env.step(f"\\boxed{{{gold}}}")
     assert (obs, reward, terminated, step_info["attempt"]) == ([], 0.5**3, True, 4)
+    env.reset(options={"task_id": "basic_arithmetic/0"})
+    assert env.step(f"\\boxed{{{gold}}}")[1:3] == (1.0, True)
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(f"\\boxed{{{gold}}}")  # solved at attempt 1 of 4: the episode is over
 
 
 def test_multi_turn_without_hints_says_try_again_and_ends_after_k_attempts() -> None:
