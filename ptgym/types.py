@@ -30,6 +30,24 @@ def as_logprobs(values: Any) -> np.ndarray:
     return np.asarray(values if values is not None else [], dtype=LOGPROBS_DTYPE).reshape(-1)
 
 
+def pack_ids(*arrays: np.ndarray) -> tuple[int, list[bytes]]:
+    """Token-id arrays as little-endian bytes, 2 bytes an id when every id fits in uint16.
+
+    Vocabularies below 65,536 (SmolLM2's 49,152, Llama 2's 32,000) then take half the space;
+    larger ones (Qwen, Llama 3) keep 4 bytes. Returns the width and one bytes object per array.
+    """
+    narrow = all(a.size == 0 or (a.min() >= 0 and a.max() < 1 << 16) for a in arrays)
+    dtype = np.dtype("<u2") if narrow else np.dtype("<i4")
+    return dtype.itemsize, [a.astype(dtype).tobytes() for a in arrays]
+
+
+def unpack_ids(data: bytes, width: int) -> np.ndarray:
+    """Inverse of ``pack_ids`` for one array: int32 ids (a zero-copy view for 4-byte ids)."""
+    if width == 2:
+        return np.frombuffer(data, dtype="<u2").astype(IDS_DTYPE)
+    return np.frombuffer(data, dtype=IDS_DTYPE)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -122,9 +140,11 @@ class Turn:
         self.completion_logprobs = as_logprobs(self.completion_logprobs)
 
     def to_record(self) -> dict[str, Any]:
+        width, (prompt, completion) = pack_ids(self.prompt_ids, self.completion_ids)
         return {
-            "prompt_ids": self.prompt_ids.tobytes(),
-            "completion_ids": self.completion_ids.tobytes(),
+            "id_width": width,
+            "prompt_ids": prompt,
+            "completion_ids": completion,
             "completion_logprobs": self.completion_logprobs.tobytes(),
             "text": self.text,
             "observation": self.observation,
@@ -136,9 +156,10 @@ class Turn:
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> Turn:
+        width = r.get("id_width", 4)
         return cls(
-            prompt_ids=np.frombuffer(r["prompt_ids"], dtype=IDS_DTYPE),
-            completion_ids=np.frombuffer(r["completion_ids"], dtype=IDS_DTYPE),
+            prompt_ids=unpack_ids(r["prompt_ids"], width),
+            completion_ids=unpack_ids(r["completion_ids"], width),
             completion_logprobs=np.frombuffer(r["completion_logprobs"], dtype=LOGPROBS_DTYPE),
             text=r.get("text", ""),
             observation=r.get("observation", []),
