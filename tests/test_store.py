@@ -117,13 +117,23 @@ def test_trajectories_round_trip_with_arrays_and_dtypes(tmp_path):
 
 
 def test_token_arrays_are_stored_packed_not_as_int_lists(tmp_path):
-    t = trajectory(0, turns=1)
+    t = trajectory(0, turns=1)  # ids below 49152: two bytes each
     record = t.to_record()["turns"][0]
-    assert record["prompt_ids"] == t.turns[0].prompt_ids.astype("<i4").tobytes()
+    assert record["id_width"] == 2
+    assert record["prompt_ids"] == t.turns[0].prompt_ids.astype("<u2").tobytes()
+    assert record["completion_logprobs"] == t.turns[0].completion_logprobs.astype("<f4").tobytes()
     TrajectoryStore(tmp_path).extend([t])
-    path = tmp_path / "trajectories" / "rollouts.msgpack"
-    # 30 prompt + 12 completion ids at 4 bytes, 12 logprobs at 4 bytes: the bytes appear verbatim.
-    assert t.turns[0].prompt_ids.tobytes() in path.read_bytes()
+    assert record["prompt_ids"] in (tmp_path / "trajectories" / "rollouts.msgpack").read_bytes()
+
+
+def test_ids_of_a_large_vocabulary_round_trip_at_four_bytes(tmp_path):
+    t = trajectory(0, turns=1)
+    t.turns[0].completion_ids[3] = 151_935  # e.g. Qwen2.5's last token id
+    assert t.to_record()["turns"][0]["id_width"] == 4
+    TrajectoryStore(tmp_path).extend([t])
+    (back,) = TrajectoryStore(tmp_path)
+    assert_same(t, back)
+    assert back.turns[0].completion_ids[3] == 151_935
 
 
 def test_streams_of_several_writers_read_as_one_collection(tmp_path):
