@@ -221,10 +221,11 @@ def _merge(cfg: Any, other: Any, what: str, valid: list[str]) -> Any:
             if section:
                 siblings = [k for k in valid if k.rpartition(".")[0] == section]
             else:  # top level: sections, plain keys and the short aliases
-                siblings = sorted({k.partition(".")[0] for k in valid} | set(ALIASES))
+                aliases = {a for a, target in ALIASES.items() if target in valid}
+                siblings = sorted({k.partition(".")[0] for k in valid} | aliases)
             raise ConfigError(_unknown(what, key, siblings or valid, "valid keys")) from None
         value = what.partition("=")[2]
-        reason = str(exc.msg).splitlines()[0]
+        reason = str(exc.msg or exc).splitlines()[0]  # a merge error has no msg
         raise ConfigError(f"bad value for {key!r}: {value!r} ({reason})") from None
 
 
