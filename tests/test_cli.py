@@ -1,0 +1,102 @@
+"""Specification of the ``ptgym`` command (DESIGN §9), run as the installed console script:
+useful help at every level, the env listing, and config mistakes that exit 2 with one clear line.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from ptgym import config as C
+
+
+def ptgym(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ptgym", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_top_level_help_lists_every_command_with_examples():
+    result = ptgym("--help")
+    assert result.returncode == 0
+    for command in ("train", "rollout", "eval", "envs", "sandbox", "models", "serve"):
+        assert re.search(rf"^    {command} +\w", result.stdout, re.M), command
+    assert "examples:\n  ptgym train env=math" in result.stdout
+
+
+def test_no_command_prints_the_help_and_exits_2():
+    result = ptgym()
+    assert result.returncode == 2
+    assert result.stdout.startswith("usage: ptgym [-h] COMMAND ...")
+
+
+@pytest.mark.parametrize(
+    ("command", "schema"),
+    [("train", C.TrainCommand), ("rollout", C.RolloutCommand), ("eval", C.EvalCommand)],
+)
+def test_command_help_lists_every_config_key_with_its_default_and_help(command, schema):
+    result = ptgym(command, "--help")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    for key in C._keys(schema):
+        line = next((ln for ln in lines if ln.startswith(f"  {key}=")), None)
+        assert line is not None, f"{key} missing from `ptgym {command} --help`"
+        assert len(line.split(None, 1)) == 2, f"{key} has no help text"
+    assert "env=  code-tools, digits, math, math-multiturn" in result.stdout
+
+
+def test_train_help_shows_defaults_groups_and_short_keys():
+    out = ptgym("train", "--help").stdout
+    assert re.search(
+        r"^  trainer\.steps=20 +optimizer steps \(one rollout batch each\)$", out, re.M
+    )
+    assert "algo=  dr-grpo, grpo, ppo" in out
+    assert "short keys: tasks -> rollout.tasks, group -> rollout.group, k -> rollout.group" in out
+
+
+def test_rollout_help_has_no_training_keys():
+    out = ptgym("rollout", "--help").stdout
+    assert "trainer." not in out and "algo=" not in out
+    assert "steps -> trainer.steps" not in out
+
+
+def test_envs_list_shows_name_id_source_and_description():
+    result = ptgym("envs", "list")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "id", "source", "description"]
+    assert re.search(r"^math +ptgym/Math-v0 +ptgym +Verifiable math", result.stdout, re.M)
+    assert re.search(r"^digits +ptgym/Digits-v0 +ptgym +Toy task", result.stdout, re.M)
+    assert re.search(r"^code-tools +ptgym/CodeTools-v0 +ptgym +HumanEval", result.stdout, re.M)
+
+
+def test_envs_without_an_action_shows_usage():
+    result = ptgym("envs")
+    assert result.returncode == 2
+    assert "the following arguments are required: ACTION" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["train", "trainer.stepz=3"],
+            "ptgym train: error: unknown 'trainer.stepz=3'. Did you mean 'trainer.steps'? valid keys: ",
+        ),
+        (
+            ["rollout", "env=maths"],
+            "ptgym rollout: error: unknown env 'maths'. Did you mean 'math'",
+        ),
+        (
+            ["eval", "model.dtype=fp16"],
+            "ptgym eval: error: unknown 'model.dtype=fp16'. choices: auto, float32, bfloat16",
+        ),
+        (["train", "steps"], "ptgym train: error: cannot read 'steps': overrides are key=value"),
+    ],
+)
+def test_a_bad_override_exits_2_with_one_line_on_stderr(args, message):
+    result = ptgym(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
