@@ -1,0 +1,223 @@
+"""A pool of pre-started sandbox containers, leased one episode at a time (DESIGN §7).
+
+    pool = SandboxPool(size=4)
+    with pool.lease() as sb:          # a healthy container with an empty /work
+        sb.write_file("a.py", "print(1)")
+        sb.exec(["python3", "a.py"])  # one msgpack round trip, no docker exec
+    pool.close()
+
+Life cycle of a container: started (in parallel, at pool start) -> idle -> health-checked (ping)
+at hand-out -> leased -> on return, reset (processes killed, /work emptied) and idle again. It is
+replaced by a fresh one, started in the background, after ``max_uses`` leases, on any anomaly
+(a call that raised ``SandboxError``, a failed reset) or when the health check fails. Pools reap
+orphans of crashed processes when they start and remove their own containers at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+
+from ptgym.sandbox.container import (
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    SandboxUserError,
+    start_sandbox,
+)
+from ptgym.sandbox.reaper import LABEL_POOL, reap_orphans, remove
+
+_POOLS: weakref.WeakSet[SandboxPool] = weakref.WeakSet()
+
+
+class SandboxPool:
+    """Thread-safe pool of ``size`` sandboxes; ``lease()`` blocks until one is free."""
+
+    def __init__(self, size: int = 4, config: SandboxConfig | None = None):
+        if size < 1:
+            raise ValueError(f"a sandbox pool needs size >= 1, got {size}")
+        self.size = size
+        self.config = config or SandboxConfig()
+        self.id = uuid.uuid4().hex[:12]
+        self.client = docker.from_env(max_pool_size=max(10, 2 * size))
+        self.stats = {"started": 0, "replaced": 0, "failed_health": 0, "leases": 0}
+        self._idle: deque[Sandbox] = deque()
+        self._all: set[Sandbox] = set()
+        self._count = 0  # containers owned: idle + leased + starting
+        self._cond = threading.Condition()
+        self._closed = False
+        _install_exit_hooks()
+        _POOLS.add(self)
+        reap_orphans(self.client)
+        self._count = size
+        with ThreadPoolExecutor(max_workers=min(size, 8)) as ex:
+            futures = [ex.submit(self._start) for _ in range(size)]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            self.close()
+            raise errors[0]
+
+    def _start(self) -> Sandbox:
+        """Start one container and make it idle; on failure give its slot back."""
+        try:
+            sb = start_sandbox(self.client, self.config, self.id)
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if self._closed:
+                self._count -= 1
+                sb.remove()
+                raise SandboxError("the pool was closed")
+            self.stats["started"] += 1
+            self._all.add(sb)
+            self._idle.append(sb)
+            self._cond.notify_all()
+        return sb
+
+    def _start_in_background(self) -> None:
+        def run() -> None:
+            with contextlib.suppress(SandboxError):
+                self._start()
+
+        threading.Thread(target=run, name="ptgym-sandbox-start", daemon=True).start()
+
+    def _discard(self, sb: Sandbox, replace: bool) -> None:
+        """Remove a container; ``replace`` starts a fresh one in its slot."""
+        with self._cond:
+            self._all.discard(sb)
+            if not replace or self._closed:
+                self._count -= 1
+                self._cond.notify_all()
+            else:
+                self.stats["replaced"] += 1
+        threading.Thread(target=_quiet_remove, args=(sb,), daemon=True).start()
+        if replace and not self._closed:
+            self._start_in_background()
+
+    def acquire(self, timeout: float | None = None) -> Sandbox:
+        """A healthy sandbox with an empty /work; raises SandboxError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                while not self._idle:
+                    if self._closed:
+                        raise SandboxError("the sandbox pool is closed")
+                    if self._count < self.size:  # a start failed earlier: try again here
+                        self._count += 1
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise SandboxError(f"no sandbox became free within {timeout}s")
+                    self._cond.wait(left)
+                sb = self._idle.popleft() if self._idle else None
+            if sb is None:
+                self._start()
+                continue
+            if sb.ping():
+                sb.uses += 1
+                self.stats["leases"] += 1
+                return sb
+            self.stats["failed_health"] += 1
+            self._discard(sb, replace=True)
+
+    def release(self, sb: Sandbox) -> None:
+        """Give a sandbox back: reset it for the next episode, or replace it (see module doc)."""
+        if not sb.broken and sb.uses < self.config.max_uses:
+            try:
+                sb.reset()
+            except (SandboxError, SandboxUserError):
+                sb.broken = True
+        if not sb.broken and sb.uses < self.config.max_uses:
+            with self._cond:
+                if not self._closed:
+                    self._idle.append(sb)
+                    self._cond.notify_all()
+                    return
+        self._discard(sb, replace=True)
+
+    @contextlib.contextmanager
+    def lease(self, timeout: float | None = None) -> Iterator[Sandbox]:
+        """``with pool.lease() as sb:`` — acquire, and release even when the body raises."""
+        sb = self.acquire(timeout)
+        try:
+            yield sb
+        except SandboxError:
+            sb.broken = True
+            raise
+        finally:
+            self.release(sb)
+
+    def close(self) -> None:
+        """Remove every container of this pool (idempotent; also runs at interpreter exit)."""
+        with self._cond:
+            self._closed = True
+            doomed = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+            self._cond.notify_all()
+        for sb in doomed:
+            sb.channel.close()
+        with contextlib.suppress(docker.errors.DockerException):
+            # By label, to catch containers still starting in a background thread.
+            found = self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_POOL}={self.id}"}
+            )
+            remove(found + [sb.container for sb in doomed if sb.container not in found])
+        _POOLS.discard(self)
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _quiet_remove(sb: Sandbox) -> None:
+    with contextlib.suppress(docker.errors.DockerException):
+        sb.remove()
+
+
+def close_all_pools() -> None:
+    for pool in list(_POOLS):
+        pool.close()
+
+
+_hooks_installed = False
+
+
+def _install_exit_hooks() -> None:
+    """Close pools at interpreter exit (normal exit, Ctrl-C) and on SIGTERM/SIGHUP.
+
+    A signal handler is only installed where the signal still has its default action (we never
+    override an application's own handler) and only from the main thread (Python's rule).
+    """
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(close_all_pools)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _close_and_die)
+
+
+def _close_and_die(signum: int, _frame: object) -> None:
+    close_all_pools()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

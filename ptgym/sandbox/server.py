@@ -1,0 +1,319 @@
+"""The exec server: runs inside a sandbox container as PID 1 (``python3 -I -c <this file>``).
+
+Stdlib plus ``msgpack`` (a Debian package in the image) only. It reads requests from stdin and
+writes replies to stdout, each a 4-byte big-endian length followed by a msgpack map, one request
+at a time. Requests (``op``):
+
+- ``ping``: health check; replies with the server's pid and uid.
+- ``exec``: run ``argv`` in ``/work`` with a timeout and an output cap (see ``run``).
+- ``write`` / ``read``: a file under ``/work``; a path that resolves outside it is refused.
+- ``reset``: kill every process and empty ``/work`` (between episodes).
+
+Why PID 1 matters: ``kill(-1, SIGKILL)`` from PID 1 kills every other process of the container
+in one atomic sweep (the kernel holds the task list lock, so a fork bomb cannot outrun it), and
+the kernel ignores signals to PID 1 that it has no handler for, so sandboxed code cannot kill the
+server. The server is also made non-dumpable, so same-uid code cannot ptrace it or open its
+``/proc/1/fd`` (its protocol channel) or ``/proc/1/mem``.
+"""
+
+import contextlib
+import ctypes
+import os
+import selectors
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import msgpack
+
+WORK = "/work"
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 << 20
+CHUNK = 1 << 16
+PR_SET_DUMPABLE = 4
+CHILD_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": WORK,
+    "TMPDIR": WORK,
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+# oom_kill counters of the container's memory cgroup: cgroup v2, then v1 (kernel >= 4.13).
+OOM_FILES = (
+    ("/sys/fs/cgroup/memory.events", "oom_kill"),
+    ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+)
+
+
+class UserError(Exception):
+    """A request the sandboxed agent got wrong (bad path, missing file): not a server fault."""
+
+
+def read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def oom_kills():
+    for path, key in OOM_FILES:
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except OSError:
+            continue
+    return None
+
+
+def signal_all():
+    # Escapees that called setsid() are not in the group; PID 1 reaches them with kill(-1).
+    if os.getpid() == 1:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+
+
+def kill_all():
+    """SIGKILL every process but this one, then reap them all (they are our children now)."""
+    signal_all()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.001)
+
+
+def raise_oom_score():
+    # Runs in the child before exec: make it the OOM killer's first choice, never the server.
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def run(req):
+    """Run ``argv``; kill its process group at the timeout; keep at most ``max_output`` bytes of
+    each stream (the rest is read and counted, so the child never blocks on a full pipe)."""
+    argv = [str(a) for a in req["argv"]]
+    timeout = float(req.get("timeout", 10.0))
+    cap = int(req.get("max_output", 1 << 16))
+    stdin = req.get("stdin") or b""
+    env = dict(CHILD_ENV, **(req.get("env") or {}))
+    oom_before = oom_kills()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=WORK,
+            env=env,
+            start_new_session=True,
+            preexec_fn=raise_oom_score,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as e:
+        return {
+            "ok": True,
+            "exit_code": 127,
+            "stdout": b"",
+            "stderr": str(e).encode(),
+            "stdout_bytes": 0,
+            "stderr_bytes": len(str(e)),
+            "timed_out": False,
+            "oom": False,
+            "duration": 0.0,
+        }
+    out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    seen = dict.fromkeys(out, 0)
+    sel = selectors.DefaultSelector()
+    for fd in out:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ)
+    pending = memoryview(stdin)
+    stdin_fd = proc.stdin.fileno() if stdin else -1
+    if stdin:
+        os.set_blocking(stdin_fd, False)
+        sel.register(stdin_fd, selectors.EVENT_WRITE)
+    deadline = start + timeout
+    timed_out = exited = False
+    while not exited or len(sel.get_map()) > 1:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 and not exited:
+            timed_out = True
+            exited = True
+            kill_group(proc.pid)
+            continue
+        for key, _ in sel.select(max(remaining, 0) if not exited else 1.0):
+            fd = key.fd
+            if fd == pidfd:
+                # The main process is gone: kill what it left behind so the pipes reach EOF.
+                exited = True
+                sel.unregister(pidfd)
+                kill_group(proc.pid)
+            elif fd == stdin_fd:
+                try:
+                    pending = pending[os.write(fd, pending[:CHUNK]) :]
+                except (BrokenPipeError, BlockingIOError):
+                    pending = pending[:0]
+                if not pending:
+                    sel.unregister(fd)
+                    proc.stdin.close()
+            else:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                seen[fd] += len(chunk)
+                room = cap - len(out[fd])
+                if room > 0:
+                    out[fd] += chunk[:room]
+    if pidfd in sel.get_map():
+        sel.unregister(pidfd)
+    os.close(pidfd)
+    sel.close()
+    code = proc.wait()
+    duration = time.monotonic() - start
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None and not f.closed:
+            f.close()
+    kill_all()
+    oom_after = oom_kills()
+    fds = list(out)  # (stdout, stderr) in registration order
+    return {
+        "ok": True,
+        "exit_code": code,
+        "stdout": bytes(out[fds[0]]),
+        "stderr": bytes(out[fds[1]]),
+        "stdout_bytes": seen[fds[0]],
+        "stderr_bytes": seen[fds[1]],
+        "timed_out": timed_out,
+        "oom": oom_before is not None and oom_after is not None and oom_after > oom_before,
+        "duration": duration,
+    }
+
+
+def kill_group(pid):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    signal_all()
+
+
+def resolve(path):
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise UserError("a path must be a non-empty string")
+    full = os.path.realpath(os.path.join(WORK, path))
+    if full != WORK and not full.startswith(WORK + "/"):
+        raise UserError(f"{path!r} is outside {WORK}: only files under {WORK} can be used")
+    return full
+
+
+def write(req):
+    full = resolve(req["path"])
+    if full == WORK or os.path.isdir(full):
+        raise UserError(f"{req['path']!r} is a directory")
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        write_all(fd, req["data"])
+    finally:
+        os.close(fd)
+    return {"ok": True, "size": len(req["data"])}
+
+
+def read(req):
+    full = resolve(req["path"])
+    if not os.path.isfile(full):
+        raise UserError(f"{req['path']!r} does not exist or is not a file")
+    limit = int(req.get("max_bytes", 1 << 20))
+    with open(full, "rb") as f:
+        data = f.read(limit + 1)
+    return {
+        "ok": True,
+        "data": data[:limit],
+        "truncated": len(data) > limit,
+        "size": os.path.getsize(full),
+    }
+
+
+def reset(_req):
+    kill_all()
+    for root, dirs, _ in os.walk(WORK):  # make every directory removable first
+        for d in dirs:
+            p = os.path.join(root, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o700)
+    for entry in os.scandir(WORK):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    return {"ok": True}
+
+
+def ping(_req):
+    return {"ok": True, "pid": os.getpid(), "uid": os.getuid()}
+
+
+OPS = {"ping": ping, "exec": run, "write": write, "read": read, "reset": reset}
+
+
+def handle(req):
+    op = OPS.get(req.get("op") if isinstance(req, dict) else None)
+    if op is None:
+        return {"ok": False, "error": f"unknown request {req!r:.100}"}
+    try:
+        return op(req)
+    except UserError as e:
+        return {"ok": False, "user_error": True, "error": str(e)}
+    except OSError as e:
+        return {"ok": False, "user_error": True, "error": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # a server bug: the host marks the sandbox broken and replaces it
+        return {"ok": False, "error": f"exec server failed: {type(e).__name__}: {e}"}
+
+
+def main():
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    inp, out = os.dup(0), os.dup(1)  # private copies; fds 0/1 now point at /dev/null
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    while True:
+        head = read_exact(inp, HEADER.size)
+        if head is None:
+            return
+        (size,) = HEADER.unpack(head)
+        if size > MAX_FRAME:
+            sys.exit(f"frame of {size} bytes exceeds {MAX_FRAME}")
+        body = read_exact(inp, size)
+        if body is None:
+            return
+        reply = msgpack.packb(handle(msgpack.unpackb(body, raw=False)), use_bin_type=True)
+        write_all(out, HEADER.pack(len(reply)) + reply)
+
+
+if __name__ == "__main__":
+    main()
