@@ -182,9 +182,13 @@ def compose(schema: type, args: list[str]) -> Any:
     cfg = OmegaConf.structured(schema)
     pairs = parse_overrides(args)
     valid = _keys(schema)
+    sections = {f.name for f in fields(schema)}
     for key, value in pairs:
         if key in GROUPS and key in valid_groups(schema):
-            cfg = _merge(cfg, _group_preset(key, value), f"{key}={value}", valid)
+            preset = _group_preset(key, value)
+            # A preset may also set sections this command lacks (model=tiny sets trainer.lr).
+            preset = OmegaConf.masked_copy(preset, [k for k in preset if k in sections])
+            cfg = _merge(cfg, preset, f"{key}={value}", valid)
     dotted = [f"{k}={v}" for k, v in pairs if k not in GROUPS]
     for item in dotted:
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), item, valid)
