@@ -64,6 +64,14 @@ def test_env_and_model_accept_names_beyond_the_presets():
     assert (cfg.env.name, cfg.model.name) == ("ptgym/Digits-v0", "HuggingFaceTB/SmolLM2-360M")
 
 
+def test_a_preset_keeps_only_the_sections_of_the_command():
+    # model=tiny also sets lora and trainer, which rollout and eval do not have.
+    for schema in (C.RolloutCommand, C.EvalCommand):
+        assert C.compose(schema, ["model=tiny"]).model.name == "tiny"
+    cfg = C.compose(C.TrainCommand, ["model=tiny"])
+    assert (cfg.lora.enabled, cfg.trainer.lr) == (False, 0.001)
+
+
 def test_eval_defaults_to_the_test_split():
     assert C.compose(C.EvalCommand, []).split == "test"
     assert C.compose(C.RolloutCommand, []).split == "train"
