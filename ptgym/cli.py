@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     cfg = C.compose(C.RolloutCommand, args.overrides)
     cfg.out = cfg.out or default_out("rollout")
-    from ptgym.rollout import run_rollout_command
+    from ptgym.evaluate import run_rollout_command
 
     run_rollout_command(cfg)
     return 0
@@ -147,8 +147,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "pull":
         print(f"ready: {models.pull_model(args.name)}")
     else:
-        for name, where in models.list_models().items():
-            print(f"{name:<16} {where}")
+        for info in models.list_models():
+            where = info.path if info.path else "not built yet (ptgym models pull NAME)"
+            print(f"{info.name:<14} {info.description}\n{'':<14} {where}")
     return 0
 
 

@@ -33,6 +33,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     chat_template: str | None = None  # a Jinja chat template replacing the tokenizer's
     gradient_checkpointing: bool = False  # trade compute for memory on long trajectories
+    adapter: str | None = None  # a PEFT LoRA folder to apply, e.g. RUN/checkpoints/step-000020/adapter
 
 
 @dataclass

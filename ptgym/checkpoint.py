@@ -1,0 +1,128 @@
+"""Checkpoints: written atomically, resumed exactly (DESIGN §8).
+
+``RUN/checkpoints/step-000010/`` holds ``adapter/`` (PEFT format, loadable with
+``PeftModel.from_pretrained``) or ``model/`` (full fine-tuning), ``trainable.pt`` (the trainable
+tensors: adapters and value head), and ``state.pt`` (optimizer, scheduler, step, RNG states). It is
+written to a hidden temp folder, every file fsynced, then renamed: a crash leaves either no
+checkpoint or a whole one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PREFIX = "step-"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [folder, *[p for p in folder.rglob("*") if p.is_dir()]]:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, policy: Any, optimizer: Any, scheduler: Any,
+                    *, keep: int = 2) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    if policy.use_lora:
+        policy.model.save_pretrained(tmp / "adapter")
+    else:
+        policy.model.save_pretrained(tmp / "model")
+        policy.tokenizer.save_pretrained(tmp / "model")
+    trainable = {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad}
+    torch.save(trainable, tmp / "trainable.pt")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.pt").exists()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def load_checkpoint(path: Path, policy: Any, optimizer: Any, scheduler: Any) -> int:
+    """Restore weights, optimizer, scheduler and RNG; returns the step the checkpoint ended."""
+    trainable = torch.load(path / "trainable.pt", map_location=policy.device, weights_only=True)
+    params = dict(policy.named_parameters())
+    missing = [n for n in trainable if n not in params]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} does not fit this model (e.g. {missing[0]!r}); resume with the "
+            "model, lora.* and algo settings the run was started with (see RUN/config.yaml)"
+        )
+    with torch.no_grad():
+        for name, tensor in trainable.items():
+            params[name].copy_(tensor)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def export_merged(checkpoint: Path, out: Path, base_model: str) -> Path:
+    """Merge a LoRA checkpoint into its base model and save a plain transformers folder."""
+    from peft import PeftModel
+
+    from ptgym.agents.models import load_model
+
+    model, tokenizer = load_model(base_model, dtype="float32", device="cpu")
+    merged = PeftModel.from_pretrained(model, checkpoint / "adapter").merge_and_unload()
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _fsync_tree(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

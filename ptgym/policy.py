@@ -1,0 +1,122 @@
+"""The trainable policy: a causal LM, LoRA adapters (PEFT), an optional value head, the reference.
+
+With LoRA the reference policy is the same network with its adapters disabled (DESIGN §5: no
+second copy in memory); with full fine-tuning it is a frozen copy, made only when the KL term
+needs it. The value head (PPO) is a linear layer on the policy's last hidden state, so the critic
+shares the backbone and, with LoRA, its adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ptgym.config import LoraConfig, ModelConfig
+from ptgym.losses import entropy_from_logits, token_logprobs
+
+
+@dataclass
+class ForwardOut:
+    logprobs: Tensor  # (B, T) log p(input_ids[:, t] | < t) / temperature; 0 at t = 0
+    entropy: Tensor | None  # (B, T) entropy of the predictive distribution for token t
+    values: Tensor | None  # (B, T) value estimate at the state before token t
+
+
+class Policy(nn.Module):
+    def __init__(self, model: Any, tokenizer: Any, *, lora: LoraConfig, value_head: bool,
+                 need_reference: bool):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.use_lora = lora.enabled
+        if lora.enabled:
+            from peft import LoraConfig as PeftLoraConfig
+            from peft import get_peft_model
+
+            model = get_peft_model(model, PeftLoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+            ))
+        self.model = model
+        self.value_head = nn.Linear(model.config.hidden_size, 1) if value_head else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+            self.value_head.to(self.device, dtype=torch.float32)
+        self._frozen_ref = None
+        if need_reference and not lora.enabled:
+            self._frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, *, temperature: float = 1.0,
+                with_entropy: bool = False) -> ForwardOut:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         output_hidden_states=self.value_head is not None, use_cache=False)
+        return self._outputs(out, input_ids, temperature, with_entropy)
+
+    def _outputs(self, out: Any, input_ids: Tensor, temperature: float,
+                 with_entropy: bool) -> ForwardOut:
+        logits = out.logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
+        lp = token_logprobs(logits, input_ids[:, 1:])  # (B, T-1)
+        logprobs = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)  # (B, T)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits)
+            entropy = torch.cat([ent.new_zeros(ent.shape[0], 1), ent], dim=1)
+        values = None
+        if self.value_head is not None:
+            hidden = out.hidden_states[-1].float()  # (B, T, H)
+            v = self.value_head(hidden).squeeze(-1)  # (B, T): V(state before token t+1)
+            values = torch.cat([v.new_zeros(v.shape[0], 1), v[:, :-1]], dim=1)
+        return ForwardOut(logprobs, entropy, values)
+
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, *,
+                           temperature: float = 1.0) -> Tensor:
+        """Logprobs under the reference policy: adapters disabled, or the frozen copy."""
+        if self._frozen_ref is not None:
+            out = self._frozen_ref(input_ids=input_ids, attention_mask=attention_mask,
+                                   use_cache=False)
+        else:
+            with self.adapters_disabled():
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                 use_cache=False)
+        logits = out.logits[:, :-1].float()
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
+        lp = token_logprobs(logits, input_ids[:, 1:])
+        return torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        if not self.use_lora:
+            raise RuntimeError("adapters_disabled needs a LoRA policy (lora.enabled=true)")
+        with self.model.disable_adapter():
+            yield
+
+
+def build_policy(model_cfg: ModelConfig, lora: LoraConfig, *, value_head: bool,
+                 need_reference: bool) -> Policy:
+    from ptgym.agents.models import load_model
+
+    model, tokenizer = load_model(model_cfg.name, dtype=model_cfg.dtype, device=model_cfg.device,
+                                  chat_template=model_cfg.chat_template)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return Policy(model, tokenizer, lora=lora, value_head=value_head,
+                  need_reference=need_reference)

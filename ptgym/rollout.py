@@ -1,0 +1,255 @@
+"""The rollout collector: groups of multi-turn episodes, token in, token out (DESIGN §2, §3).
+
+One loop drives every episode of a batch: the episodes whose env has answered are batched into one
+``backend.generate`` call; each completion goes to its env's ``step`` in a thread pool, so a slow env
+(a Docker sandbox running tests) never blocks generation for the others. The next prompt extends the
+previous one with the observation tokens (``ChatRenderer.next_prompt``), never re-tokenising what was
+sampled.
+
+Budgets end an episode with ``truncated=True``: ``max_turns`` assistant turns, ``max_tokens``
+sampled tokens, ``timeout_s`` wall time. An exception inside an env, or ``info["error"]``, marks the
+trajectory ``error`` (infrastructure failure): the trainer drops it instead of scoring it 0.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium
+
+from ptgym.agents.backend import Backend, SamplingParams
+from ptgym.agents.chat import ChatRenderer
+from ptgym.types import Action, Trajectory, Turn
+
+GATHER_WAIT_S = 0.02  # after the first env answers, wait this long for others to batch with it
+
+
+@dataclass
+class Budget:
+    max_turns: int = 1
+    max_tokens: int = 1024
+    timeout_s: float = 600.0
+
+
+@dataclass
+class _Episode:
+    env: gymnasium.Env
+    traj: Trajectory
+    tools: list[dict] | None
+    prompt: list[int] = field(default_factory=list)
+    started: float = 0.0
+    pending: cf.Future | None = None
+    done: bool = False
+
+
+@dataclass
+class CollectStats:
+    """Where the wall time of a ``collect`` call went (seconds)."""
+
+    total: float = 0.0
+    generation: float = 0.0  # inside backend.generate
+    env_wait: float = 0.0  # waiting for env steps with nothing to generate
+    generated_tokens: int = 0
+    episodes: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        other = max(self.total - self.generation - self.env_wait, 0.0)
+        t = max(self.total, 1e-9)
+        return {
+            "perf/rollout_s": self.total,
+            "perf/generation_share": self.generation / t,
+            "perf/env_share": self.env_wait / t,
+            "perf/rollout_other_share": other / t,
+            "perf/gen_tokens_per_s": self.generated_tokens / max(self.generation, 1e-9),
+            "perf/episodes_per_s": self.episodes / t,
+        }
+
+
+class Collector:
+    """Runs groups of episodes of one env with one backend.
+
+    ``env_factory`` makes a fresh env; envs are kept and reused (``reset``) across calls, so an
+    env holding a sandbox pool or a dataset is built once.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        renderer: ChatRenderer,
+        env_factory: Callable[[], gymnasium.Env],
+        sampling: SamplingParams,
+        budget: Budget,
+        *,
+        env_id: str = "",
+        model_name: str = "",
+        env_workers: int = 8,
+        batch_size: int = 32,
+    ):
+        self.backend = backend
+        self.renderer = renderer
+        self.env_factory = env_factory
+        self.sampling = sampling
+        self.budget = budget
+        self.env_id = env_id
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self._envs: list[gymnasium.Env] = []
+        self._pool = cf.ThreadPoolExecutor(max_workers=env_workers, thread_name_prefix="ptgym-env")
+        self.stats = CollectStats()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for env in self._envs:
+            env.close()
+
+    def collect(
+        self,
+        seeds: list[int],
+        group: int,
+        *,
+        policy_version: int = 0,
+        group_prefix: str = "",
+        options: dict[str, Any] | None = None,
+    ) -> list[Trajectory]:
+        """``group`` episodes for each seed (the same seed gives the same task): a GRPO batch."""
+        start = time.perf_counter()
+        self.stats = CollectStats()
+        n = len(seeds) * group
+        while len(self._envs) < n:
+            self._envs.append(self.env_factory())
+        episodes = []
+        for i, seed in enumerate(seeds):
+            for g in range(group):
+                traj = Trajectory(
+                    env_id=self.env_id, group_id=f"{group_prefix}{i}", seed=seed,
+                    model=self.model_name, policy_version=policy_version,
+                )
+                traj.info["group_member"] = g
+                episodes.append(_Episode(self._envs[i * group + g], traj, None))
+        for ep in episodes:
+            ep.pending = self._pool.submit(self._reset, ep, options)
+        self._run(episodes)
+        self.stats.total = time.perf_counter() - start
+        self.stats.episodes = n
+        return [ep.traj for ep in episodes]
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _run(self, episodes: list[_Episode]) -> None:
+        while True:
+            waiting = [ep.pending for ep in episodes if ep.pending is not None]
+            if waiting and not any(f.done() for f in waiting):
+                t0 = time.perf_counter()
+                cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
+                cf.wait(waiting, timeout=GATHER_WAIT_S)
+                self.stats.env_wait += time.perf_counter() - t0
+            for ep in episodes:
+                if ep.pending is not None and ep.pending.done():
+                    ep.pending.result()  # exceptions are caught inside _reset/_step
+                    ep.pending = None
+            ready = [ep for ep in episodes if not ep.done and ep.pending is None]
+            if not ready:
+                if all(ep.done for ep in episodes):
+                    return
+                continue
+            for ep in ready:
+                self._check_budgets(ep)
+            ready = [ep for ep in ready if not ep.done][: self.batch_size]
+            if ready:
+                self._generate(ready)
+
+    def _check_budgets(self, ep: _Episode) -> None:
+        traj = ep.traj
+        if len(traj.turns) >= self.budget.max_turns:
+            self._finish(ep, truncated=True, reason="max_turns")
+        elif traj.num_completion_tokens >= self.budget.max_tokens:
+            self._finish(ep, truncated=True, reason="max_tokens")
+        elif time.perf_counter() - ep.started > self.budget.timeout_s:
+            self._finish(ep, truncated=True, reason="timeout")
+
+    def _generate(self, ready: list[_Episode]) -> None:
+        # One call per distinct token budget keeps each episode within max_tokens.
+        by_budget: dict[int, list[_Episode]] = {}
+        for ep in ready:
+            left = self.budget.max_tokens - ep.traj.num_completion_tokens
+            by_budget.setdefault(min(self.sampling.max_new_tokens, left), []).append(ep)
+        for max_new, eps in by_budget.items():
+            params = SamplingParams(**{**vars(self.sampling), "max_new_tokens": max_new})
+            t0 = time.perf_counter()
+            completions = self.backend.generate([ep.prompt for ep in eps], params)
+            dt = time.perf_counter() - t0
+            self.stats.generation += dt
+            for ep, c in zip(eps, completions, strict=True):
+                self.stats.generated_tokens += len(c.token_ids)
+                turn = Turn(prompt_ids=ep.prompt, completion_ids=c.token_ids,
+                            completion_logprobs=c.logprobs, text=c.text,
+                            finish_reason=c.finish_reason, gen_seconds=dt)
+                ep.traj.turns.append(turn)
+                ep.pending = self._pool.submit(self._step, ep, c)
+
+    # --- env calls (worker threads) ---------------------------------------------------------
+
+    def _reset(self, ep: _Episode, options: dict[str, Any] | None) -> None:
+        ep.started = time.perf_counter()
+        try:
+            obs, info = ep.env.reset(seed=ep.traj.seed, options=options)
+        except Exception as exc:
+            self._fail(ep, exc)
+            return
+        ep.tools = info.get("tools") or None
+        ep.traj.task_id = str(info.get("task_id", ""))
+        ep.traj.messages = list(obs)
+        ep.prompt = list(self.renderer.initial(obs, ep.tools))
+
+    def _step(self, ep: _Episode, completion: Any) -> None:
+        turn = ep.traj.turns[-1]
+        action = Action(completion.text, completion.token_ids, completion.logprobs,
+                        completion.finish_reason)
+        t0 = time.perf_counter()
+        try:
+            obs, reward, terminated, truncated, info = ep.env.step(action)
+        except Exception as exc:
+            turn.env_seconds = time.perf_counter() - t0
+            self._fail(ep, exc)
+            return
+        turn.env_seconds = time.perf_counter() - t0
+        turn.reward = float(reward)
+        turn.observation = list(obs)
+        assistant = self.renderer.assistant_message(completion.text)
+        history = ep.traj.messages + [assistant]
+        ep.traj.messages = history + list(obs)
+        ep.traj.reward += float(reward)
+        for key, value in info.items():
+            if key not in ("tools", "error") and isinstance(value, (int, float, str, bool)):
+                ep.traj.metrics[key] = value
+        if info.get("error"):
+            ep.traj.error = str(info["error"])
+            self._finish(ep, truncated=True, reason="error")
+        elif terminated or truncated:
+            self._finish(ep, terminated=bool(terminated), truncated=bool(truncated),
+                         reason="env" if terminated else "env_truncated")
+        else:
+            try:
+                ids, _extends = self.renderer.next_prompt(
+                    ep.prompt, completion.token_ids, history, list(obs), ep.tools)
+            except Exception as exc:  # a renderer failure is ours, not the model's
+                self._fail(ep, exc)
+                return
+            ep.prompt = list(ids)
+
+    def _fail(self, ep: _Episode, exc: BaseException) -> None:
+        ep.traj.error = f"{type(exc).__name__}: {exc}"
+        ep.traj.info["traceback"] = traceback.format_exc(limit=5)
+        self._finish(ep, truncated=True, reason="error")
+
+    def _finish(self, ep: _Episode, *, terminated: bool = False, truncated: bool = False,
+                reason: str) -> None:
+        ep.traj.terminated = terminated
+        ep.traj.truncated = truncated
+        ep.traj.info["end"] = reason
+        ep.done = True

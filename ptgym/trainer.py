@@ -1,0 +1,184 @@
+"""``ptgym train``: the online RL loop (GRPO or PPO) over multi-turn trajectories.
+
+Each step: collect ``rollout.tasks`` x ``rollout.group`` episodes with the current policy (the
+``hf`` backend shares the policy's weights, so there is no weight sync), append them to the
+store, run ``Update`` (credit assignment, loss, optimizer), log namespaced metrics, checkpoint.
+Reads top to bottom: setup, resume, loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ptgym import checkpoint as ckpt
+from ptgym.build import make_backend, make_collector, task_seeds
+from ptgym.config import ConfigError, TrainCommand, to_yaml
+from ptgym.metrics import MetricsLogger
+from ptgym.policy import build_policy
+from ptgym.store import TrajectoryStore, atomic_write_bytes
+from ptgym.types import Trajectory
+from ptgym.update import Update
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(cfg: TrainCommand) -> Any:
+    warmup, total, kind = cfg.trainer.warmup_steps, cfg.trainer.steps, cfg.trainer.schedule
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        if kind == "linear":
+            return max(1.0 - progress, 0.0)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """``reward/`` and ``rollout/`` metrics of one batch (errored trajectories counted apart)."""
+    ok = [t for t in trajs if t.error is None]
+    m: dict[str, float] = {"rollout/error_frac": 1 - len(ok) / max(len(trajs), 1)}
+    if not ok:
+        return m
+    rewards = np.array([t.reward for t in ok])
+    m["reward/mean"] = float(rewards.mean())
+    m["reward/std"] = float(rewards.std())
+    m["reward/pass_rate"] = float(np.mean([passed(t) for t in ok]))
+    for env_id in sorted({t.env_id for t in ok}):
+        m[f"reward/mean/{env_id}"] = float(np.mean([t.reward for t in ok if t.env_id == env_id]))
+    m["rollout/turns"] = float(np.mean([len(t.turns) for t in ok]))
+    m["rollout/response_tokens"] = float(np.mean(
+        [len(turn.completion_ids) for t in ok for turn in t.turns] or [0]))
+    m["rollout/trajectory_tokens"] = float(np.mean([t.num_completion_tokens for t in ok]))
+    m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
+    return m
+
+
+def passed(t: Trajectory) -> bool:
+    """Solved: the env's own verdict (``info["correct"]``/``["passed"]``) or a full reward."""
+    for key in ("correct", "passed"):
+        if key in t.metrics:
+            return bool(t.metrics[key])
+    return t.reward >= 1.0
+
+
+def gpu_metrics() -> dict[str, float]:
+    if not torch.cuda.is_available():
+        return {}
+    return {"gpu/memory_allocated_gb": torch.cuda.memory_allocated() / 2**30,
+            "gpu/max_memory_allocated_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def _prepare_run_dir(cfg: TrainCommand) -> Path:
+    run = Path(cfg.out)
+    existing = ckpt.list_checkpoints(run)
+    if existing and not cfg.resume:
+        raise ConfigError(
+            f"{run} already holds a run with checkpoints (last: {existing[-1].name}); pass "
+            "resume=true to continue it, or choose another out=DIR"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
+    return run
+
+
+def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
+    """Run the loop; returns the last step's metrics."""
+    run = _prepare_run_dir(cfg)
+    seed_everything(cfg.trainer.seed)
+    log(f"ptgym train: env={cfg.env.name} algo={cfg.algo.name} model={cfg.model.name} -> {run}")
+    policy = build_policy(cfg.model, cfg.lora, value_head=cfg.algo.name == "ppo",
+                          need_reference=cfg.algo.beta > 0)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.trainer.lr,
+                                  weight_decay=cfg.trainer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start = 0
+    if cfg.resume and (found := ckpt.list_checkpoints(run)):
+        start = ckpt.load_checkpoint(found[-1], policy, optimizer, scheduler)
+        log(f"resumed from {found[-1]} (step {start})")
+    backend = make_backend(cfg.rollout, policy.model, policy.tokenizer, cfg.model.name)
+    collector = make_collector(backend, policy.tokenizer, cfg.env, cfg.sampling, cfg.rollout,
+                               model_name=cfg.model.name, split="train")
+    update = Update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
+    store = TrajectoryStore(run)
+    metrics = MetricsLogger(run, tensorboard=cfg.log.tensorboard,
+                            wandb={"project": cfg.log.wandb_project, "dir": str(run)}
+                            if cfg.log.wandb else None)
+    last: dict[str, float] = {}
+    bar = tqdm(range(start, cfg.trainer.steps), initial=start, total=cfg.trainer.steps,
+               desc="train", unit="step", dynamic_ncols=True)
+    try:
+        for step in bar:
+            last = _one_step(step, cfg, policy, collector, update, store)
+            last["lr"] = scheduler.get_last_lr()[0]
+            scheduler.step()
+            metrics.log(step + 1, last)
+            bar.write(_console_line(step + 1, cfg.trainer.steps, last))
+            if (step + 1) % cfg.trainer.save_every == 0 or step + 1 == cfg.trainer.steps:
+                ckpt.save_checkpoint(run, step + 1, policy, optimizer, scheduler,
+                                     keep=cfg.trainer.keep_checkpoints)
+    finally:
+        bar.close()
+        store.close()
+        metrics.close()
+        collector.close()
+    return last
+
+
+def _one_step(step: int, cfg: TrainCommand, policy: Any, collector: Any, update: Update,
+              store: TrajectoryStore) -> dict[str, float]:
+    t0 = time.perf_counter()
+    trajs = collector.collect(task_seeds(cfg.rollout, step), cfg.rollout.group,
+                              policy_version=step, group_prefix=f"{step}/")
+    store.extend(trajs)
+    t_rollout = time.perf_counter() - t0
+    m = rollout_metrics(trajs)
+    m.update(collector.stats.as_metrics())
+    kept, sel = update.select(trajs)
+    m.update(sel)
+    t1 = time.perf_counter()
+    if kept:
+        policy.train()
+        m.update(update.step(update.make_batch(kept)))
+    t_train = time.perf_counter() - t1
+    total = time.perf_counter() - t0
+    stats = collector.stats
+    m.update({
+        "perf/step_s": total,
+        "perf/train_s": t_train,
+        "perf/generation_frac": stats.generation / total,
+        "perf/env_frac": stats.env_wait / total,
+        "perf/train_frac": t_train / total,
+        "perf/other_frac": max(total - stats.generation - stats.env_wait - t_train, 0) / total,
+        "perf/tokens_per_s": stats.generated_tokens / total,
+        "perf/rollout_s": t_rollout,
+    })
+    m.update(gpu_metrics())
+    return m
+
+
+def _console_line(step: int, steps: int, m: dict[str, float]) -> str:
+    def f(key: str, fmt: str = ".3f") -> str:
+        return format(m[key], fmt) if key in m else "-"
+
+    return (f"step {step}/{steps}  reward {f('reward/mean')}  pass {f('reward/pass_rate', '.2f')}"
+            f"  loss {f('loss/total', '.4f')}  kl {f('loss/approx_kl', '.4f')}"
+            f"  ent {f('loss/entropy', '.2f')}  len {f('rollout/response_tokens', '.0f')}"
+            f"  {f('perf/step_s', '.1f')}s (gen {f('perf/generation_frac', '.0%')},"
+            f" env {f('perf/env_frac', '.0%')}, train {f('perf/train_frac', '.0%')})")

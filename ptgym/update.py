@@ -1,0 +1,182 @@
+"""One policy update from a batch of trajectories: select -> credit -> rows -> loss -> step.
+
+Follows the data flow of STYLE.md: trajectories (store) -> samples (``ptgym.samples``) ->
+advantages (``ptgym.advantages``) -> loss (``ptgym.losses``) -> optimizer. The loss variant and the
+credit mode are picked once, from the config, by ``Update.__init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ptgym import advantages as A
+from ptgym import losses as L
+from ptgym.config import AlgoConfig, RolloutConfig, SamplingConfig, TrainerConfig
+from ptgym.policy import Policy
+from ptgym.samples import build_rows, collate
+from ptgym.types import Trajectory
+
+
+@dataclass
+class Batch:
+    """A collated batch on the device; every tensor (B, T) unless noted."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    mask: Tensor
+    old_logprobs: Tensor
+    turn_index: Tensor
+    traj_index: Tensor  # (B,)
+    advantages: Tensor
+    ref_logprobs: Tensor | None = None
+    old_values: Tensor | None = None
+    returns: Tensor | None = None
+
+    def rows(self, sl: slice) -> Batch:
+        return Batch(**{k: (v[sl] if v is not None else None) for k, v in vars(self).items()})
+
+
+class Update:
+    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, algo: AlgoConfig,
+                 trainer: TrainerConfig, sampling: SamplingConfig, rollout: RolloutConfig):
+        self.policy = policy
+        self.optimizer = optimizer
+        self.algo = algo
+        self.trainer = trainer
+        self.temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+        self.aggregate = L.AGGREGATORS[algo.aggregation]
+        self.max_tokens = rollout.max_tokens
+        self.ppo = algo.name == "ppo"
+        self.use_ref = algo.beta > 0
+        device = policy.device
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+
+    # --- selection and credit assignment ----------------------------------------------------
+
+    def select(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], dict[str, float]]:
+        keep = A.select_trainable(
+            [t.reward for t in trajs], [t.group_id for t in trajs],
+            errors=[t.error is not None for t in trajs],
+            drop_zero_variance=self.algo.dynamic_sampling,
+        )
+        kept = [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
+        return kept, {"rollout/kept_frac": len(kept) / max(len(trajs), 1)}
+
+    def _trajectory_values(self, kept: list[Trajectory]) -> Tensor:
+        """Per-trajectory (N,) or per-turn (N, K) advantages for the GRPO-family credit modes."""
+        rewards = [t.reward for t in kept]
+        groups = [t.group_id for t in kept]
+        scale = "std" if self.algo.scale_std else "none"
+        if self.algo.credit == "turn":
+            return A.turn_advantages([t.turn_rewards for t in kept], groups,
+                                     gamma=self.algo.gamma, scale=scale)
+        if self.algo.baseline == "rloo":
+            return A.rloo_advantages(rewards, groups)
+        return A.group_advantages(rewards, groups, scale=scale)
+
+    # --- batch ------------------------------------------------------------------------------
+
+    def make_batch(self, kept: list[Trajectory]) -> Batch:
+        rows = build_rows(kept)
+        pad = self.policy.tokenizer.pad_token_id or 0
+        arrays = collate(rows, pad)
+        dev = self.policy.device
+        t = {k: torch.as_tensor(v, device=dev) for k, v in arrays.items()}
+        batch = Batch(t["input_ids"], t["attention_mask"], t["mask"], t["old_logprobs"],
+                      t["turn_index"], t["traj_index"], advantages=torch.zeros_like(t["mask"]))
+        if self.use_ref:
+            batch.ref_logprobs = self._no_grad_pass(batch, reference=True)
+        if self.ppo:
+            self._gae(kept, batch)
+        else:
+            values = self._trajectory_values(kept).to(dev, torch.float32)[batch.traj_index]
+            batch.advantages = A.broadcast_to_tokens(values, batch.turn_index)
+        return batch
+
+    def _no_grad_pass(self, batch: Batch, *, reference: bool) -> Tensor:
+        out = []
+        mb = self.trainer.micro_batch
+        with torch.no_grad(), self.autocast:
+            for s in range(0, batch.input_ids.shape[0], mb):
+                b = batch.rows(slice(s, s + mb))
+                if reference:
+                    out.append(self.policy.reference_logprobs(
+                        b.input_ids, b.attention_mask, temperature=self.temperature))
+                else:
+                    out.append(self.policy(b.input_ids, b.attention_mask,
+                                           temperature=self.temperature).values.float())
+        return torch.cat(out)
+
+    def _gae(self, kept: list[Trajectory], batch: Batch) -> None:
+        """PPO credit: per-turn rewards on turn ends, per-token KL penalty, GAE (DESIGN §4)."""
+        K = max(len(t.turns) for t in kept)
+        turn_rewards = torch.zeros(len(kept), K, device=batch.mask.device)
+        for i, t in enumerate(kept):
+            turn_rewards[i, : len(t.turns)] = torch.tensor(t.turn_rewards)
+        rewards = A.turn_end_rewards(turn_rewards[batch.traj_index], batch.turn_index)
+        if batch.ref_logprobs is not None:
+            rewards = A.kl_penalised_rewards(rewards, batch.old_logprobs, batch.ref_logprobs,
+                                             batch.mask, beta=self.algo.beta)
+        batch.old_values = self._no_grad_pass(batch, reference=False) * batch.mask
+        adv, batch.returns = A.gae(rewards, batch.old_values, batch.mask,
+                                   gamma=self.algo.gamma, lam=self.algo.lam)
+        batch.advantages = A.normalize_advantages(adv, batch.mask)
+
+    # --- optimisation -----------------------------------------------------------------------
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """``algo.epochs`` optimizer steps over the batch, accumulating over micro-batches."""
+        B = batch.input_ids.shape[0]
+        if self.algo.aggregation == "token-mean":
+            norm = float(batch.mask.sum().clamp(min=1))
+        elif self.algo.aggregation == "seq-mean-token-mean":
+            norm = float((batch.mask.sum(-1) > 0).sum().clamp(min=1))
+        else:
+            norm = float(self.max_tokens)
+        mb = self.trainer.micro_batch
+        totals: dict[str, float] = {}
+        for _ in range(self.algo.epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for s in range(0, B, mb):
+                b = batch.rows(slice(s, s + mb))
+                # constant_norm divides by its own row count: weight it back to the whole batch.
+                weight = b.input_ids.shape[0] / B if self.algo.aggregation == "constant" else 1.0
+                loss, stats = self._loss(b, norm)
+                (loss * weight).backward()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * b.input_ids.shape[0] / B
+            params = self.policy.trainable_parameters()
+            max_norm = self.trainer.grad_clip if self.trainer.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            totals["loss/grad_norm"] = totals.get("loss/grad_norm", 0.0) + float(grad_norm)
+            self.optimizer.step()
+        return {k: v / self.algo.epochs for k, v in totals.items()}
+
+    def _loss(self, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
+        with self.autocast:
+            out = self.policy(b.input_ids, b.attention_mask, temperature=self.temperature,
+                              with_entropy=True)
+        mask = b.mask
+        if self.ppo:
+            loss, stats = L.ppo_policy_loss(out.logprobs, b.old_logprobs, b.advantages, mask,
+                                            clip=self.algo.clip_low, aggregate=self.aggregate,
+                                            norm=norm)
+            vloss, vstats = L.value_loss(out.values, b.old_values, b.returns, mask,
+                                         clip=self.algo.value_clip, aggregate=self.aggregate,
+                                         norm=norm)
+            loss = loss + self.algo.vf_coef * vloss
+            stats = {**stats, **vstats, "value_loss": vloss.detach()}
+        else:
+            loss, stats = L.grpo_loss(out.logprobs, b.old_logprobs, b.advantages, mask,
+                                      clip_low=self.algo.clip_low, clip_high=self.algo.clip_high,
+                                      ref_logprobs=b.ref_logprobs, beta=self.algo.beta,
+                                      aggregate=self.aggregate, norm=norm)
+        tokens = mask.sum().clamp(min=1)
+        stats["entropy"] = (out.entropy * mask).sum() / tokens
+        stats["total"] = loss.detach()
+        return loss, {f"loss/{k}": v for k, v in stats.items()}
