@@ -58,6 +58,9 @@ def save_checkpoint(run_dir: Path, step: int, policy: Any, optimizer: Any, sched
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per step is ours; no shard bars in between
     if policy.use_lora:
         policy.model.save_pretrained(tmp / "adapter")
     else:

@@ -72,7 +72,7 @@ class TextEnv(gymnasium.Env[list, Any]):
     the conversation so far in ``self.messages`` so ``render`` can show it.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, render_mode: str | None = None):
         self.observation_space = Messages()

@@ -119,7 +119,7 @@ class RecordWriter:
                 if not offsets and torn.reason == "incomplete header":
                     good = 0
                 os.truncate(self.path, good)
-        self._f = open(self.path, "ab")
+        self._f = open(self.path, "ab")  # noqa: SIM115 - held open for the writer's lifetime
         if self._f.tell() == 0:
             self._f.write(HEADER)
             self._f.flush()
@@ -176,7 +176,7 @@ class _IndexFile:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(b"".join(OFFSET.pack(o) for o in offsets))
             os.replace(tmp, path)
-        self._f = open(path, "ab")
+        self._f = open(path, "ab")  # noqa: SIM115 - held open with the stream
 
     def append(self, offset: int) -> None:
         self._f.write(OFFSET.pack(offset))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer, tools_system_prompt
 from ptgym.agents.hf import HFBackend
-
 from tests.tiny import tiny_model_and_tokenizer, tiny_tokenizer
 
 TOOLS = [

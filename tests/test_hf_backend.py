@@ -7,10 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+
 from ptgym.agents.backend import Backend, Completion, SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
-
 from tests.tiny import tiny_model_and_tokenizer
 
 QUESTIONS = ["What is 2+2?", "Hi", "Write a long poem about the sea, with many verses please."]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from ptgym.agents.models import (
     GGUF_FILE,
     cache_dir,
@@ -17,8 +19,6 @@ from ptgym.agents.models import (
     load_tokenizer,
     pull_model,
 )
-from safetensors.torch import load_file
-
 from tests.tiny import tiny_model_and_tokenizer
 
 REAL_CACHE = cache_dir()

@@ -9,11 +9,11 @@ from typing import Any
 
 import gymnasium
 import pytest
-from ptgym.envs.digits import DigitsEnv
-from ptgym.envs.math import MathEnv
 
 import ptgym
 from ptgym import TextEnv
+from ptgym.envs.digits import DigitsEnv
+from ptgym.envs.math import MathEnv
 from ptgym.registry import EnvSpec, UnknownEnvError, resolve, specs
 
 

@@ -6,6 +6,7 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ptgym.agents.toolcalls import (
     FORMAT_HINT,
     ParseResult,
@@ -13,7 +14,6 @@ from ptgym.agents.toolcalls import (
     format_tool_result,
     parse_tool_calls,
 )
-
 from ptgym.types import ToolCall
 
 TOOLS = [
