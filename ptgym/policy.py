@@ -60,46 +60,46 @@ class Policy(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *, temperature: float = 1.0,
-                with_entropy: bool = False) -> ForwardOut:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=self.value_head is not None, use_cache=False)
-        return self._outputs(out, input_ids, temperature, with_entropy)
+                with_entropy: bool = False, first: int = 1) -> ForwardOut:
+        """Logprobs (and entropy, values) of every token from position ``first`` on.
 
-    def _outputs(self, out: Any, input_ids: Tensor, temperature: float,
-                 with_entropy: bool) -> ForwardOut:
-        logits = out.logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        lp = token_logprobs(logits, input_ids[:, 1:])  # (B, T-1)
-        logprobs = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)  # (B, T)
+        ``first`` is the earliest position that holds a sampled token in this batch: the
+        vocabulary projection, the largest tensor of the pass (B x T x V), is only computed for
+        the positions that predict tokens ``first..T-1`` (``logits_to_keep``); the rest is 0.
+        """
+        T = input_ids.shape[1]
+        first = max(1, min(first, T - 1))
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         output_hidden_states=self.value_head is not None, use_cache=False,
+                         logits_to_keep=T - first + 1)
+        logits = _scaled(out.logits[:, :-1].float(), temperature)  # (B, T-first, V)
+        logprobs = _left_pad(token_logprobs(logits, input_ids[:, first:]), first)  # (B, T)
         entropy = None
         if with_entropy:
             with torch.no_grad():
-                ent = entropy_from_logits(logits)
-            entropy = torch.cat([ent.new_zeros(ent.shape[0], 1), ent], dim=1)
+                entropy = _left_pad(entropy_from_logits(logits), first)
         values = None
         if self.value_head is not None:
             hidden = out.hidden_states[-1].float()  # (B, T, H)
             v = self.value_head(hidden).squeeze(-1)  # (B, T): V(state before token t+1)
-            values = torch.cat([v.new_zeros(v.shape[0], 1), v[:, :-1]], dim=1)
+            values = _left_pad(v[:, :-1], 1)  # values[:, t] = V(state before token t)
         return ForwardOut(logprobs, entropy, values)
 
     @torch.no_grad()
     def reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, *,
-                           temperature: float = 1.0) -> Tensor:
+                           temperature: float = 1.0, first: int = 1) -> Tensor:
         """Logprobs under the reference policy: adapters disabled, or the frozen copy."""
+        T = input_ids.shape[1]
+        first = max(1, min(first, T - 1))
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                      logits_to_keep=T - first + 1)
         if self._frozen_ref is not None:
-            out = self._frozen_ref(input_ids=input_ids, attention_mask=attention_mask,
-                                   use_cache=False)
+            out = self._frozen_ref(**kwargs)
         else:
             with self.adapters_disabled():
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                 use_cache=False)
-        logits = out.logits[:, :-1].float()
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        lp = token_logprobs(logits, input_ids[:, 1:])
-        return torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)
+                out = self.model(**kwargs)
+        logits = _scaled(out.logits[:, :-1].float(), temperature)
+        return _left_pad(token_logprobs(logits, input_ids[:, first:]), first)
 
     @contextlib.contextmanager
     def adapters_disabled(self) -> Iterator[None]:
@@ -107,6 +107,16 @@ class Policy(nn.Module):
             raise RuntimeError("adapters_disabled needs a LoRA policy (lora.enabled=true)")
         with self.model.disable_adapter():
             yield
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """Logits / temperature: the sampler's convention (agents/backend.py), greedy counts as 1."""
+    return logits / temperature if temperature > 0 and temperature != 1.0 else logits
+
+
+def _left_pad(x: Tensor, n: int) -> Tensor:
+    """(B, L) -> (B, n + L) with n zero columns in front."""
+    return torch.cat([x.new_zeros(x.shape[0], n), x], dim=1)
 
 
 def build_policy(model_cfg: ModelConfig, lora: LoraConfig, *, value_head: bool,

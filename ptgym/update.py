@@ -39,6 +39,12 @@ class Batch:
     def rows(self, sl: slice) -> Batch:
         return Batch(**{k: (v[sl] if v is not None else None) for k, v in vars(self).items()})
 
+    @property
+    def first(self) -> int:
+        """The earliest position holding a sampled token (forward passes start their logits there)."""
+        cols = self.mask.any(0).nonzero()
+        return int(cols[0]) if len(cols) else 1
+
 
 class Update:
     def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, algo: AlgoConfig,
@@ -106,10 +112,12 @@ class Update:
                 b = batch.rows(slice(s, s + mb))
                 if reference:
                     out.append(self.policy.reference_logprobs(
-                        b.input_ids, b.attention_mask, temperature=self.temperature))
+                        b.input_ids, b.attention_mask, temperature=self.temperature,
+                        first=b.first))
                 else:
                     out.append(self.policy(b.input_ids, b.attention_mask,
-                                           temperature=self.temperature).values.float())
+                                           temperature=self.temperature,
+                                           first=b.first).values.float())
         return torch.cat(out)
 
     def _gae(self, kept: list[Trajectory], batch: Batch) -> None:
@@ -160,7 +168,7 @@ class Update:
     def _loss(self, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
         with self.autocast:
             out = self.policy(b.input_ids, b.attention_mask, temperature=self.temperature,
-                              with_entropy=True)
+                              with_entropy=True, first=b.first)
         mask = b.mask
         if self.ppo:
             loss, stats = L.ppo_policy_loss(out.logprobs, b.old_logprobs, b.advantages, mask,
