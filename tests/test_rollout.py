@@ -1,0 +1,177 @@
+"""The rollout collector (DESIGN §2, §3): groups, the multi-turn loop, budgets, env failures.
+
+Generation is the real tiny model through ``HFBackend`` with SmolLM2's real tokenizer and chat
+template; envs are the real ``Digits-v0`` or the scripted envs of ``tests/envs_for_tests.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from ptgym.agents.backend import SamplingParams
+from ptgym.agents.chat import ChatRenderer
+from ptgym.agents.hf import HFBackend
+from ptgym.agents.toolcalls import parse_tool_calls
+from ptgym.envs.digits import DigitsEnv
+from ptgym.rollout import Budget, Collector
+from tests.envs_for_tests import (
+    ECHO_TOOL,
+    EchoEnv,
+    FailingEnv,
+    RecordingBackend,
+    ScriptedBackend,
+    SlowEnv,
+    ToolEnv,
+)
+from tests.tiny import tiny_model_and_tokenizer
+
+SAMPLING = SamplingParams(max_new_tokens=4, temperature=1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = tiny_model_and_tokenizer()
+    return HFBackend(model, tokenizer), ChatRenderer(tokenizer)
+
+
+def collect(backend, renderer, factory, budget, seeds, group=1, sampling=SAMPLING, **kwargs):
+    collector = Collector(backend, renderer, factory, sampling, budget, env_id="test", **kwargs)
+    try:
+        return collector.collect(seeds, group, group_prefix="b0/"), collector.stats
+    finally:
+        collector.close()
+
+
+def test_groups_share_a_task_and_keep_their_bookkeeping(tiny):
+    seeds = [11, 12, 13]
+    trajs, stats = collect(*tiny, DigitsEnv, Budget(max_turns=1), seeds, group=4)
+    assert len(trajs) == 12 and stats.episodes == 12
+    for i, seed in enumerate(seeds):
+        members = trajs[4 * i : 4 * i + 4]
+        expected_task = DigitsEnv().reset(seed=seed)[1]["task_id"]
+        assert [t.seed for t in members] == [seed] * 4
+        assert [t.task_id for t in members] == [expected_task] * 4
+        assert [t.group_id for t in members] == [f"b0/{i}"] * 4
+        assert [t.info["group_member"] for t in members] == [0, 1, 2, 3]
+    assert len({t.id for t in trajs}) == 12
+    for t in trajs:
+        assert t.env_id == "test" and t.error is None
+        assert len(t.turns) == 1 and t.terminated and not t.truncated and t.info["end"] == "env"
+        assert t.reward == t.turns[0].reward == float(t.metrics["correct"])
+        assert t.messages[0]["content"].startswith("Compute (")
+        assert t.messages[-1] == {"role": "assistant", "content": t.turns[0].text}
+
+
+def test_collect_stats_count_every_sampled_token(tiny):
+    trajs, stats = collect(*tiny, EchoEnv, Budget(max_turns=2), [1, 2], group=2)
+    assert stats.generated_tokens == sum(t.num_completion_tokens for t in trajs) == 4 * 2 * 4
+    m = stats.as_metrics()
+    shares = m["perf/generation_share"] + m["perf/env_share"] + m["perf/rollout_other_share"]
+    assert shares == pytest.approx(1.0)
+    assert stats.generation > 0 and m["perf/episodes_per_s"] == pytest.approx(4 / stats.total)
+
+
+def test_max_turns_truncates_an_episode_the_env_never_ends(tiny):
+    trajs, _ = collect(*tiny, EchoEnv, Budget(max_turns=3), [0, 1])
+    for t in trajs:
+        assert len(t.turns) == 3 and t.truncated and not t.terminated
+        assert t.info["end"] == "max_turns" and t.error is None
+        assert [turn.observation for turn in t.turns] == [
+            [{"role": "user", "content": f"echo {n}"}] for n in (1, 2, 3)
+        ]
+        assert t.reward == pytest.approx(0.3) and t.turn_rewards == pytest.approx([0.1] * 3)
+
+
+def test_max_tokens_truncates_and_clips_the_last_turn_to_what_is_left(tiny):
+    sampling = SamplingParams(max_new_tokens=8, temperature=1.0, seed=0)
+    trajs, _ = collect(*tiny, EchoEnv, Budget(max_turns=100, max_tokens=20), [0], sampling=sampling)
+    (t,) = trajs
+    assert [len(turn.completion_ids) for turn in t.turns] == [8, 8, 4]
+    assert [turn.finish_reason for turn in t.turns] == ["length"] * 3
+    assert t.num_completion_tokens == 20 and t.truncated and t.info["end"] == "max_tokens"
+
+
+def test_wall_time_budget_truncates_a_slow_episode(tiny):
+    log: list = []
+    budget = Budget(max_turns=100, timeout_s=0.5)
+    start = time.perf_counter()
+    trajs, _ = collect(*tiny, lambda: SlowEnv({0: 0.3}, log), budget, [0])
+    (t,) = trajs
+    assert t.truncated and not t.terminated and t.info["end"] == "timeout"
+    # Each turn takes >= 0.3 s (its env step), so the check before turn 3 is past 0.5 s
+    # whatever the generation speed; earlier turns ended before the budget ran out.
+    assert 1 <= len(t.turns) <= 2 and len(log) == len(t.turns)
+    assert sum(turn.gen_seconds + turn.env_seconds for turn in t.turns[:-1]) < 0.5
+    assert time.perf_counter() - start >= 0.5
+
+
+def test_generation_goes_on_for_other_episodes_while_one_env_is_slow(tiny):
+    """Seed 0's steps sleep 1 s each; seeds 1-3 run all three turns during its first step."""
+    backend = RecordingBackend(tiny[0])
+    log: list[tuple[int, float, float]] = []
+    trajs, stats = collect(
+        backend, tiny[1], lambda: SlowEnv({0: 1.0}, log), Budget(max_turns=3), [0, 1, 2, 3]
+    )
+    assert all(len(t.turns) == 3 and t.info["end"] == "max_turns" for t in trajs)
+    slow_start, slow_end = next((s, e) for seed, s, e in log if seed == 0)
+    during = [
+        p for c in backend.calls if slow_start < c.start and c.end < slow_end for p in c.prompts
+    ]
+    for t in trajs[1:]:
+        assert t.turns[2].prompt_ids.tolist() in during
+    assert max(e for seed, _, e in log if seed != 0) < slow_end
+    assert stats.env_wait >= 1.0  # at the end only the slow env was left to wait for
+
+
+def test_an_env_that_raises_fails_only_its_own_trajectory(tiny):
+    trajs, _ = collect(*tiny, lambda: FailingEnv(raise_on=[1]), Budget(max_turns=1), [0, 1, 2])
+    ok0, failed, ok2 = trajs
+    assert failed.error == "RuntimeError: sandbox for task 1 died"
+    assert failed.truncated and not failed.terminated and failed.info["end"] == "error"
+    assert "RuntimeError" in failed.info["traceback"] and len(failed.turns) == 1
+    for t in (ok0, ok2):
+        assert t.error is None and t.terminated and t.reward == 1.0 and t.info["end"] == "env"
+
+
+def test_info_error_marks_an_infrastructure_failure_not_a_zero(tiny):
+    trajs, _ = collect(*tiny, lambda: FailingEnv(error_on=[0]), Budget(max_turns=1), [0, 1])
+    failed, ok = trajs
+    assert failed.error == "judge unreachable" and failed.info["end"] == "error"
+    assert "error" not in failed.metrics and failed.truncated
+    assert ok.error is None and ok.metrics == {"correct": True}
+
+
+def test_reset_failure_is_an_error_trajectory_without_turns(tiny):
+    class BrokenReset(EchoEnv):
+        def reset(self, *, seed=None, options=None):
+            raise OSError("dataset missing")
+
+    trajs, _ = collect(*tiny, BrokenReset, Budget(max_turns=2), [0])
+    assert trajs[0].error == "OSError: dataset missing" and trajs[0].turns == []
+
+
+def test_malformed_tool_call_gets_an_error_observation_and_the_episode_goes_on(tiny):
+    """A scripted backend writes a malformed call, then a valid one, then a final answer."""
+    tokenizer = tiny[1].tokenizer
+    bad = '<tool_call>{"name": "echo", "arguments": {"text": "hi"</tool_call>'
+    good = '<tool_call>{"name": "echo", "arguments": {"text": "hi"}}</tool_call>'
+    backend = ScriptedBackend(tokenizer, [bad, good, "done"])
+    sampling = SamplingParams(max_new_tokens=64)
+    trajs, _ = collect(backend, tiny[1], ToolEnv, Budget(max_turns=5), [0], sampling=sampling)
+    (t,) = trajs
+    errors = parse_tool_calls(bad, None).errors
+    assert len(errors) == 1 and errors[0].startswith("tool call 1: invalid JSON")
+    assert [turn.text for turn in t.turns] == [bad, good, "done"]
+    assert t.turns[0].observation == [{"role": "tool", "content": errors[0]}]
+    assert t.turns[1].observation == [{"role": "tool", "content": "hi", "tool_call_id": "call_0"}]
+    assert t.terminated and t.error is None and t.reward == 1.0 and t.turn_rewards == [0, 0, 1]
+    assert {"role": "tool", "content": errors[0]} in t.messages
+    # The error text reached the model: it is in the tokens of the second prompt.
+    error_ids = tiny[1].encode(errors[0])
+    second = t.turns[1].prompt_ids.tolist()
+    assert any(second[i : i + len(error_ids)] == error_ids for i in range(len(second)))
+    # Tool schemas were injected into the first prompt (SmolLM2's template knows no tools).
+    assert np.array_equal(t.turns[0].prompt_ids, tiny[1].initial(t.messages[:1], [ECHO_TOOL]))
