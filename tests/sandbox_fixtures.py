@@ -41,10 +41,20 @@ def fixture_sandbox_image() -> str:
     return ensure_image(progress=print)
 
 
+_SESSION_POOL: list[SandboxPool] = []
+
+
 @pytest.fixture(scope="session", name="sandbox_pool")
 def fixture_sandbox_pool(sandbox_image: str) -> Iterator[SandboxPool]:
-    """The session's pool of 4; at teardown no container of this process may remain."""
-    pool = SandboxPool(size=POOL_SIZE, config=TEST_CONFIG)
-    yield pool
-    pool.close()
-    assert labelled_containers(**{LABEL_PID: str(os.getpid())}) == []
+    """The session's pool of 4; at teardown no container of this process may remain.
+
+    Each test module that imports this fixture gets its own session-scoped copy of it (pytest
+    keys fixtures by the module that holds them), so the pool itself is cached here: one pool
+    for the whole session, closed by whichever copy is torn down first.
+    """
+    if not _SESSION_POOL:
+        _SESSION_POOL.append(SandboxPool(size=POOL_SIZE, config=TEST_CONFIG))
+    yield _SESSION_POOL[0]
+    _SESSION_POOL[0].close()
+    left = labelled_containers(**{LABEL_PID: str(os.getpid())})
+    assert not left, f"containers left behind: {[(c.short_id, c.status, c.labels) for c in left]}"

@@ -155,16 +155,18 @@ class Sandbox:
         timeout: float | None = None,
         stdin: bytes | None = None,
         env: dict[str, str] | None = None,
+        max_output: int | None = None,
     ) -> ExecResult:
         """Run ``argv`` in /work; at ``timeout`` seconds its whole process group is killed."""
         timeout = self.config.timeout_s if timeout is None else timeout
+        max_output = self.config.max_output if max_output is None else max_output
         r = self.request(
             {
                 "op": "exec",
                 "argv": list(argv),
                 "timeout": timeout,
                 "stdin": stdin or b"",
-                "max_output": self.config.max_output,
+                "max_output": max_output,
                 "env": env or {},
             },
             timeout + REPLY_GRACE_S,
@@ -191,6 +193,15 @@ class Sandbox:
     def read_file(self, path: str, max_bytes: int = 1 << 20) -> bytes:
         """The first ``max_bytes`` of a file under /work."""
         return self.request({"op": "read", "path": path, "max_bytes": max_bytes}, 30.0)["data"]
+
+    def restore(self, files: dict[str, bytes]) -> None:
+        """Write many files under /work in one round trip."""
+        self.request({"op": "restore", "files": files}, 30.0)
+
+    def snapshot(self, max_bytes: int = 8 << 20) -> tuple[dict[str, bytes], list[str]]:
+        """Every regular file under /work, and the paths left out for exceeding ``max_bytes``."""
+        r = self.request({"op": "snapshot", "max_bytes": max_bytes}, 30.0)
+        return r["files"], r["skipped"]
 
     def reset(self) -> None:
         """Kill every process and empty /work: the state a new episode starts from."""

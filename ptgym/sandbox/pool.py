@@ -26,6 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import docker
 
@@ -57,6 +58,7 @@ class SandboxPool:
         self._count = 0  # containers owned: idle + leased + starting
         self._cond = threading.Condition()
         self._closed = False
+        self._background: list[threading.Thread] = []
         _install_exit_hooks()
         _POOLS.add(self)
         reap_orphans(self.client)
@@ -93,7 +95,14 @@ class SandboxPool:
             with contextlib.suppress(SandboxError):
                 self._start()
 
-        threading.Thread(target=run, name="ptgym-sandbox-start", daemon=True).start()
+        self._spawn(run)
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        """A background thread that ``close`` waits for (starts and removals in flight)."""
+        t = threading.Thread(target=fn, args=args, name="ptgym-sandbox", daemon=True)
+        with self._cond:
+            self._background = [b for b in self._background if b.is_alive()] + [t]
+        t.start()
 
     def _discard(self, sb: Sandbox, replace: bool) -> None:
         """Remove a container; ``replace`` starts a fresh one in its slot."""
@@ -104,7 +113,7 @@ class SandboxPool:
                 self._cond.notify_all()
             else:
                 self.stats["replaced"] += 1
-        threading.Thread(target=_quiet_remove, args=(sb,), daemon=True).start()
+        self._spawn(_quiet_remove, sb)
         if replace and not self._closed:
             self._start_in_background()
 
@@ -169,8 +178,11 @@ class SandboxPool:
             self._all.clear()
             self._idle.clear()
             self._cond.notify_all()
+            background = list(self._background)
         for sb in doomed:
             sb.channel.close()
+        for t in background:  # a start in flight removes its own container once it sees _closed
+            t.join(timeout=60)
         with contextlib.suppress(docker.errors.DockerException):
             # By label, to catch containers still starting in a background thread.
             found = self.client.containers.list(

@@ -7,6 +7,8 @@ at a time. Requests (``op``):
 - ``ping``: health check; replies with the server's pid and uid.
 - ``exec``: run ``argv`` in ``/work`` with a timeout and an output cap (see ``run``).
 - ``write`` / ``read``: a file under ``/work``; a path that resolves outside it is refused.
+- ``restore`` / ``snapshot``: write many files / read back every file under ``/work`` (for
+  callers that keep a workspace on the host between calls).
 - ``reset``: kill every process and empty ``/work`` (between episodes).
 
 Why PID 1 matters: ``kill(-1, SIGKILL)`` from PID 1 kills every other process of the container
@@ -258,6 +260,34 @@ def read(req):
     }
 
 
+def restore(req):
+    """Write many files at once (a workspace kept by the host between calls)."""
+    for path, data in req["files"].items():
+        write({"path": path, "data": data})
+    return {"ok": True}
+
+
+def snapshot(req):
+    """Every regular file under /work (symlinks skipped), up to ``max_bytes`` in total."""
+    budget = int(req.get("max_bytes", 8 << 20))
+    files, skipped = {}, []
+    for root, dirs, names in os.walk(WORK):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, WORK)
+            if os.path.islink(full) or not os.path.isfile(full):
+                continue
+            size = os.path.getsize(full)
+            if size > budget:
+                skipped.append(rel)
+                continue
+            with open(full, "rb") as f:
+                files[rel] = f.read(size)
+            budget -= len(files[rel])
+    return {"ok": True, "files": files, "skipped": skipped}
+
+
 def reset(_req):
     kill_all()
     for root, dirs, _ in os.walk(WORK):  # make every directory removable first
@@ -277,7 +307,15 @@ def ping(_req):
     return {"ok": True, "pid": os.getpid(), "uid": os.getuid()}
 
 
-OPS = {"ping": ping, "exec": run, "write": write, "read": read, "reset": reset}
+OPS = {
+    "ping": ping,
+    "exec": run,
+    "write": write,
+    "read": read,
+    "restore": restore,
+    "snapshot": snapshot,
+    "reset": reset,
+}
 
 
 def handle(req):
