@@ -1,0 +1,173 @@
+"""Sandbox latency (warm pool vs docker exec vs docker run vs a local subprocess) and
+CodeTools-v0 episode throughput at pool sizes 1, 4 and 8, all measured in one run.
+
+Latency: the same trivial snippet, ``python3 -c "print(1)"``, four ways:
+- warm pool: one exec request to a pre-started container (``Sandbox.exec``, msgpack round trip),
+- ``docker exec`` into a running sandbox container (the CLI, as a user would),
+- ``docker run --rm`` of a fresh container from the same image with the same limits,
+- a bare local subprocess of the host's system python3 (no isolation at all): the floor.
+Also the bare protocol cost: ``true`` through the pool (no Python start-up in the container).
+Goals: warm pool p50 >= 20x faster than docker run, and within 5x of the local subprocess.
+
+Throughput: scripted CodeTools-v0 episodes (write the canonical solution, run_tests, submit:
+two sandbox leases, one of them the hidden-test grading), 16 at a time, over pools of 1, 4, 8.
+
+    python bench/bench_sandbox.py [--n 40] [--episodes 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ptgym.envs.code_tools import CodeToolsEnv
+from ptgym.envs.humaneval_tasks import load_tasks
+from ptgym.sandbox import SandboxConfig, SandboxPool, ensure_image
+
+SNIPPET = ["python3", "-c", "print(1)"]
+# The local baseline runs the system interpreter (Debian's python3, as in the image) rather than
+# whatever `python3` is on PATH: a pyenv shim or a venv full of .pth files starts 2-3x slower.
+LOCAL_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
+def timed(fn, n: int) -> np.ndarray:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out) * 1e3  # (n,) ms
+
+
+def docker_run_argv(config: SandboxConfig) -> list[str]:
+    uid = config.user
+    return [
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--memory",
+        config.memory,
+        "--memory-swap",
+        config.memory,
+        "--pids-limit",
+        str(config.pids),
+        "--cpus",
+        str(config.cpus),
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        uid,
+        config.image,
+        *SNIPPET,
+    ]
+
+
+def check(out: subprocess.CompletedProcess) -> None:
+    assert out.returncode == 0 and out.stdout.strip() == b"1", out
+
+
+def latency(n: int) -> None:
+    config = SandboxConfig()
+    with SandboxPool(size=1, config=config) as pool, pool.lease() as sb:
+        assert sb.exec(SNIPPET).stdout == "1\n"
+        rows = {
+            "warm pool (msgpack over attach)": timed(lambda: sb.exec(SNIPPET), n),
+            "docker exec": timed(
+                lambda: check(
+                    subprocess.run(
+                        ["docker", "exec", sb.container.id, *SNIPPET], capture_output=True
+                    )
+                ),
+                n,
+            ),
+            "docker run --rm (fresh container)": timed(
+                lambda: check(subprocess.run(docker_run_argv(config), capture_output=True)),
+                max(5, n // 4),
+            ),
+            "local subprocess (no sandbox)": timed(
+                lambda: check(subprocess.run(SNIPPET, capture_output=True)), n
+            ),
+            "warm pool, `true` (protocol only)": timed(lambda: sb.exec(["true"]), n),
+        }
+    base = np.median(rows["warm pool (msgpack over attach)"])
+    print(
+        f"\nLatency of {' '.join(SNIPPET)!r} (ms; ratio = p50 / warm-pool p50; "
+        f"local: {LOCAL_PYTHON})"
+    )
+    print(f"{'':<36}{'p50':>9}{'p95':>9}{'ratio':>9}")
+    for name, ms in rows.items():
+        p50, p95 = np.median(ms), np.percentile(ms, 95)
+        print(f"{name:<36}{p50:9.1f}{p95:9.1f}{p50 / base:8.2f}x")
+    run = np.median(rows["docker run --rm (fresh container)"])
+    local = np.median(rows["local subprocess (no sandbox)"])
+    print(
+        f"warm pool is {run / base:.1f}x faster than docker run (goal >= 20x) and "
+        f"{base / local:.2f}x a local subprocess (goal <= 5x)"
+    )
+
+
+def throughput(sizes: list[int], episodes: int, concurrency: int) -> None:
+    tasks = load_tasks()
+
+    def episode(pool: SandboxPool, i: int) -> float:
+        task = tasks[i % len(tasks)]
+        env = CodeToolsEnv(pool=pool)
+        env.reset(options={"task_id": task.task_id})
+        total = 0.0
+        for name, args in [
+            (
+                "write_file",
+                {"path": "solution.py", "content": task.prompt + task.canonical_solution},
+            ),
+            ("run_tests", {}),
+            ("submit", {}),
+        ]:
+            text = f"<tool_call>{json.dumps({'name': name, 'arguments': args})}</tool_call>"
+            _, reward, *_, info = env.step(text)
+            assert "error" not in info, info["error"]
+            total += reward
+        return total
+
+    print(f"\nCodeTools-v0 episodes (write, run_tests, submit), {concurrency} concurrent")
+    base = None
+    for size in sizes:
+        with SandboxPool(size=size) as pool:
+            episode(pool, 0)  # warm-up
+            t = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=concurrency) as ex:
+                returns = list(ex.map(lambda i: episode(pool, i), range(episodes)))
+            seconds = time.perf_counter() - t
+        assert returns == [1.0] * episodes
+        per_min = episodes / seconds * 60
+        base = base or per_min
+        print(
+            f"pool of {size}: {per_min:7.0f} episodes/min  ({seconds:5.1f} s for {episodes}; "
+            f"{per_min / base:.2f}x pool of {sizes[0]})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=40, help="latency samples per method")
+    parser.add_argument("--episodes", type=int, default=48, help="episodes per pool size")
+    parser.add_argument("--concurrency", type=int, default=16, help="episodes in flight")
+    args = parser.parse_args()
+    ensure_image(progress=print)
+    latency(args.n)
+    throughput([1, 4, 8], args.episodes, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
