@@ -12,13 +12,14 @@ from ptgym.sandbox.container import (
     SandboxError,
     SandboxUserError,
 )
-from ptgym.sandbox.image import IMAGE, build_image, ensure_image
+from ptgym.sandbox.image import IMAGE, ImageBuildError, build_image, ensure_image
 from ptgym.sandbox.pool import SandboxPool, close_all_pools
 from ptgym.sandbox.reaper import list_sandboxes, prune, reap_orphans
 
 __all__ = [
     "IMAGE",
     "ExecResult",
+    "ImageBuildError",
     "Sandbox",
     "SandboxConfig",
     "SandboxError",

@@ -51,7 +51,11 @@ class SandboxPool:
         self.size = size
         self.config = config or SandboxConfig()
         self.id = uuid.uuid4().hex[:12]
-        self.client = docker.from_env(max_pool_size=max(10, 2 * size))
+        try:
+            self.client = docker.from_env(max_pool_size=max(10, 2 * size))
+            reap_orphans(self.client)
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"the Docker Engine is not reachable: {e}") from e
         self.stats = {"started": 0, "replaced": 0, "failed_health": 0, "leases": 0}
         self._idle: deque[Sandbox] = deque()
         self._all: set[Sandbox] = set()
@@ -61,7 +65,6 @@ class SandboxPool:
         self._background: list[threading.Thread] = []
         _install_exit_hooks()
         _POOLS.add(self)
-        reap_orphans(self.client)
         self._count = size
         with ThreadPoolExecutor(max_workers=min(size, 8)) as ex:
             futures = [ex.submit(self._start) for _ in range(size)]
