@@ -35,6 +35,7 @@ WORK = "/work"
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
 CHUNK = 1 << 16
+DRAIN_S = 2.0  # how long to keep reading pipes after the process ended (a stuck writer)
 PR_SET_DUMPABLE = 4
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -161,24 +162,28 @@ def run(req):
         sel.register(stdin_fd, selectors.EVENT_WRITE)
     deadline = start + timeout
     timed_out = exited = False
-    while not exited or len(sel.get_map()) > 1:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 and not exited:
-            timed_out = True
-            exited = True
+    drain_until = None  # once the process is gone: read what is left in the pipes, briefly
+    open_pipes = set(out)
+    while open_pipes or not exited:
+        now = time.monotonic()
+        if not exited and now >= deadline:
+            timed_out = exited = True
             kill_group(proc.pid)
-            continue
-        for key, _ in sel.select(max(remaining, 0) if not exited else 1.0):
+            drain_until = now + DRAIN_S
+        if drain_until is not None and now >= drain_until:
+            break
+        for key, _ in sel.select(max((drain_until or deadline) - now, 0)):
             fd = key.fd
             if fd == pidfd:
                 # The main process is gone: kill what it left behind so the pipes reach EOF.
                 exited = True
                 sel.unregister(pidfd)
                 kill_group(proc.pid)
+                drain_until = drain_until or time.monotonic() + DRAIN_S
             elif fd == stdin_fd:
                 try:
                     pending = pending[os.write(fd, pending[:CHUNK]) :]
-                except (BrokenPipeError, BlockingIOError):
+                except BrokenPipeError:
                     pending = pending[:0]
                 if not pending:
                     sel.unregister(fd)
@@ -187,6 +192,7 @@ def run(req):
                 chunk = os.read(fd, CHUNK)
                 if not chunk:
                     sel.unregister(fd)
+                    open_pipes.discard(fd)
                     continue
                 seen[fd] += len(chunk)
                 room = cap - len(out[fd])
