@@ -37,13 +37,18 @@ SNIPPET = ["python3", "-c", "print(1)"]
 LOCAL_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 
 
-def timed(fn, n: int) -> np.ndarray:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return np.array(out) * 1e3  # (n,) ms
+def interleaved(methods: dict[str, tuple[object, int]], n: int) -> dict[str, np.ndarray]:
+    """Time each method round-robin (sample i of every method back to back), so that load from
+    other processes on a shared machine hits all of them alike. ``every``: sample only each
+    every-th round (for the slow ones)."""
+    out: dict[str, list[float]] = {name: [] for name in methods}
+    for i in range(n):
+        for name, (fn, every) in methods.items():
+            if i % every == 0:
+                t = time.perf_counter()
+                fn()
+                out[name].append(time.perf_counter() - t)
+    return {name: np.array(v) * 1e3 for name, v in out.items()}  # (samples,) ms
 
 
 def docker_run_argv(config: SandboxConfig) -> list[str]:
@@ -82,25 +87,31 @@ def latency(n: int) -> None:
     config = SandboxConfig()
     with SandboxPool(size=1, config=config) as pool, pool.lease() as sb:
         assert sb.exec(SNIPPET).stdout == "1\n"
-        rows = {
-            "warm pool (msgpack over attach)": timed(lambda: sb.exec(SNIPPET), n),
-            "docker exec": timed(
-                lambda: check(
-                    subprocess.run(
-                        ["docker", "exec", sb.container.id, *SNIPPET], capture_output=True
-                    )
+        rows = interleaved(
+            {
+                "warm pool (msgpack over attach)": (lambda: sb.exec(SNIPPET), 1),
+                "docker exec": (
+                    lambda: check(
+                        subprocess.run(
+                            ["docker", "exec", sb.container.id, *SNIPPET], capture_output=True
+                        )
+                    ),
+                    1,
                 ),
-                n,
-            ),
-            "docker run --rm (fresh container)": timed(
-                lambda: check(subprocess.run(docker_run_argv(config), capture_output=True)),
-                max(5, n // 4),
-            ),
-            "local subprocess (no sandbox)": timed(
-                lambda: check(subprocess.run(SNIPPET, capture_output=True)), n
-            ),
-            "warm pool, `true` (protocol only)": timed(lambda: sb.exec(["true"]), n),
-        }
+                "docker run --rm (fresh container)": (
+                    lambda: check(subprocess.run(docker_run_argv(config), capture_output=True)),
+                    4,
+                ),
+                "local subprocess (no sandbox)": (
+                    lambda: check(
+                        subprocess.run([LOCAL_PYTHON, *SNIPPET[1:]], capture_output=True)
+                    ),
+                    1,
+                ),
+                "warm pool, `true` (protocol only)": (lambda: sb.exec(["true"]), 1),
+            },
+            n,
+        )
     base = np.median(rows["warm pool (msgpack over attach)"])
     print(
         f"\nLatency of {' '.join(SNIPPET)!r} (ms; ratio = p50 / warm-pool p50; "
