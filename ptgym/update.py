@@ -20,6 +20,8 @@ from ptgym.policy import Policy
 from ptgym.samples import build_rows, collate
 from ptgym.types import Trajectory
 
+LOSS_TERMS = ("loss/total", "loss/pg_loss", "loss/value_loss")  # summed over micro-batches
+
 
 @dataclass
 class Batch:
@@ -147,7 +149,8 @@ class Update:
         else:
             norm = float(self.max_tokens)
         mb = self.trainer.micro_batch
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {}  # summed over micro-batches and epochs
+        ratio_max = 0.0
         for _ in range(self.algo.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for s in range(0, B, mb):
@@ -156,14 +159,19 @@ class Update:
                 weight = b.input_ids.shape[0] / B if self.algo.aggregation == "constant" else 1.0
                 loss, stats = self._loss(b, norm)
                 (loss * weight).backward()
+                ratio_max = max(ratio_max, float(stats.pop("loss/ratio_max")))
                 for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * b.input_ids.shape[0] / B
+                    # A loss value is this micro-batch's share of the batch loss (what backward
+                    # accumulates): shares add up. Other stats are micro-batch means: weigh by rows.
+                    share = weight if k in LOSS_TERMS else b.input_ids.shape[0] / B
+                    totals[k] = totals.get(k, 0.0) + float(v) * share
             params = self.policy.trainable_parameters()
             max_norm = self.trainer.grad_clip if self.trainer.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             totals["loss/grad_norm"] = totals.get("loss/grad_norm", 0.0) + float(grad_norm)
             self.optimizer.step()
-        return {k: v / self.algo.epochs for k, v in totals.items()}
+        return {**{k: v / self.algo.epochs for k, v in totals.items()},
+                "loss/ratio_max": ratio_max}
 
     def _loss(self, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
         with self.autocast:
