@@ -319,7 +319,7 @@ def _summary(side: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def report(spec: dict[str, Any], res: dict[str, Any], load: tuple[float, ...]) -> None:
+def report(spec: dict[str, Any], res: dict[str, Any], loads: list[tuple[float, ...]]) -> None:
     """Medians over the measured steps, side by side; ratios when both sides ran.
 
     Generation runs every row until the longest one ends, so its time follows the batch's
@@ -327,7 +327,8 @@ def report(spec: dict[str, Any], res: dict[str, Any], load: tuple[float, ...]) -
     """
     w = spec["warmup"]
     print(
-        f"\nload average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"\nload average (1/5/15 min) at start and after each side: "
+        f"{'; '.join(_join(load, '.2f') for load in loads)}; "
         f"threads {spec['threads']}; measured steps {spec['steps'] - w} (after {w} warm-up)"
     )
     if "ptgym" in res:
@@ -406,7 +407,7 @@ def main() -> None:
         pythons["trl"] = ensure_trl(args.venv, args.trl_version)
     spec = make_spec(args, out)
     (out / "spec.json").write_text(json.dumps(spec, indent=1))
-    load = os.getloadavg()
+    loads = [os.getloadavg()]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     results = {}
     for side in sides:
@@ -417,7 +418,8 @@ def main() -> None:
             env=env,
         )
         results[side] = json.loads((out / f"{side}.json").read_text())
-    report(spec, results, load)
+        loads.append(os.getloadavg())
+    report(spec, results, loads)
     print(f"results: {out}")
 
 
