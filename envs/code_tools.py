@@ -173,6 +173,13 @@ def format_exec(r: ExecResult, timeout: float) -> str:
 class CodeToolsEnv(TextEnv):
     """HumanEval with tools in a Docker sandbox; see the module docstring for the full spec."""
 
+    @classmethod
+    def prepare(cls, progress: Any = print) -> None:
+        """Build the sandbox image if it is missing (run once by ptgym's commands)."""
+        from ptgym.sandbox import ensure_image
+
+        ensure_image(progress=progress)
+
     def __init__(
         self,
         pool: SandboxPool | None = None,

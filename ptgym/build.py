@@ -20,11 +20,16 @@ def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[
     """The env's id and a function that makes one instance.
 
     ``split`` is passed to envs whose constructor takes it (held-out tasks for eval). Constructor
-    arguments are checked here, so a typo in ``env.kwargs`` fails before the model loads.
+    arguments are checked here, so a typo in ``env.kwargs`` fails before the model loads. An env
+    class may define ``prepare(progress)``, a classmethod run here once per command (CodeTools
+    builds its Docker image there if it is missing).
     """
     spec = resolve(env.name)
+    cls = _load(spec.entry_point)
+    if hasattr(cls, "prepare"):  # one-time setup before any instance, e.g. a Docker image
+        cls.prepare(progress=print)
     kwargs = dict(env.kwargs)
-    params = _constructor_params(spec.entry_point)
+    params = _constructor_params(cls)
     if params is not None:
         if "split" in params and "split" not in kwargs:
             kwargs["split"] = split
@@ -41,8 +46,7 @@ def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[
     return spec.id, make
 
 
-def _constructor_params(entry_point: str) -> set[str] | None:
-    cls = _load(entry_point)
+def _constructor_params(cls: type) -> set[str] | None:
     sig = inspect.signature(cls.__init__)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return None  # takes **kwargs: cannot check here

@@ -128,8 +128,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from ptgym import sandbox
 
     if args.action == "build":
-        image = sandbox.build_image(force=args.force, base=args.base)
-        print(f"built {image}")
+        try:
+            sandbox.build_image(force=args.force, base=args.base)
+        except sandbox.ImageBuildError as exc:
+            print(f"ptgym sandbox build: error: {exc}", file=sys.stderr)
+            return 1
     elif args.action == "ps":
         rows = sandbox.list_sandboxes()
         if not rows:
