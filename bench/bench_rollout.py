@@ -1,0 +1,154 @@
+"""Rollout throughput of the collector against bare ``model.generate`` of the same prompts.
+
+The collector runs ``tasks x group`` episodes of an env (default Math-v0, one attempt) with the
+``hf`` backend, as ``ptgym rollout`` does, and reports generated tokens/s, episodes/s and where its
+wall time went (``CollectStats``: inside ``backend.generate``, waiting for envs, everything else).
+The baseline, in the same run, is one bare transformers ``generate`` over the same first prompts
+(left-padded, sampling at the same temperature), each row forced to the longest completion the
+collector sampled, without logits output: the cost of the tokens alone, with none of the
+collector's bookkeeping, logprobs, env steps or re-batching across turns.
+
+    python bench/bench_rollout.py [--tasks 4] [--group 4] [--max-new-tokens 64] [--attempts 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from ptgym.agents.backend import SamplingParams
+from ptgym.agents.chat import ChatRenderer
+from ptgym.agents.hf import HFBackend
+from ptgym.agents.models import load_model
+from ptgym.build import env_factory
+from ptgym.config import EnvConfig
+from ptgym.rollout import Budget, Collector
+
+
+class CountingBackend:
+    """Passes calls to the real backend and keeps the number of prompts of each call."""
+
+    def __init__(self, inner: HFBackend):
+        self.inner, self.tokenizer, self.batches = inner, inner.tokenizer, []
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list:
+        self.batches.append(len(prompts))
+        return self.inner.generate(prompts, params)
+
+
+def bare_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int, temperature: float):
+    """Sample exactly ``new_tokens`` for every prompt in one left-padded batch; seconds taken."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, L)
+    attention_mask = (
+        torch.arange(width)[None, :] >= width - torch.tensor([len(p) for p in prompts])[:, None]
+    ).long()  # (B, L)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad,
+        )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="model name or folder")
+    parser.add_argument("--env", default="math", help="env short name or id")
+    parser.add_argument("--tasks", type=int, default=4, help="distinct tasks")
+    parser.add_argument("--group", type=int, default=4, help="episodes per task")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="per turn")
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=1,
+        help="Math-v0 max_attempts (and max turns): >1 makes episodes multi-turn",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    args = parser.parse_args()
+
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
+        f"(torch threads: {torch.get_num_threads()})"
+    )
+    t = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype="float32", device="cpu")
+    print(f"model {args.model} loaded in {time.perf_counter() - t:.1f} s")
+    kwargs = {"max_attempts": args.attempts} if args.attempts > 1 else {}
+    env_id, make_env = env_factory(EnvConfig(name=args.env, kwargs=kwargs))
+    backend = HFBackend(model, tokenizer, max_batch_size=args.batch_size)
+    renderer = ChatRenderer(tokenizer)
+    sampling = SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=0
+    )
+    budget = Budget(max_turns=args.attempts, max_tokens=args.attempts * args.max_new_tokens)
+    collector = Collector(
+        backend, renderer, make_env, sampling, budget, env_id=env_id, batch_size=args.batch_size
+    )
+    # Warm-up: a one-token collect builds the envs (kept and reused) and compiles the chat
+    # template, as in every training step after the first: the measured call is the steady state.
+    collector.sampling = SamplingParams(max_new_tokens=1, temperature=args.temperature, seed=1)
+    collector.collect(list(range(args.tasks)), args.group)
+    collector.sampling = sampling
+    collector.backend = counting = CountingBackend(backend)
+    try:
+        trajs = collector.collect(list(range(args.tasks)), args.group)
+    finally:
+        collector.close()
+    stats = collector.stats
+    m = stats.as_metrics()
+    n = len(trajs)
+    turns = sum(len(tr.turns) for tr in trajs)
+    longest = max(len(turn.completion_ids) for tr in trajs for turn in tr.turns)
+    print(
+        f"\ncollector, {env_id}: {n} episodes ({args.tasks} tasks x {args.group}), {turns} "
+        f"turns, {stats.generated_tokens} generated tokens (longest turn {longest}), "
+        f"{stats.total:.1f} s"
+    )
+    print(
+        f"  generated tokens/s: {stats.generated_tokens / stats.total:7.1f} overall, "
+        f"{m['perf/gen_tokens_per_s']:7.1f} inside generate"
+    )
+    print(f"  episodes/s:         {m['perf/episodes_per_s']:7.3f}")
+    print(
+        f"  time shares:        generation {m['perf/generation_share']:.3f}, "
+        f"env {m['perf/env_share']:.3f}, other {m['perf/rollout_other_share']:.3f}"
+    )
+    print(f"  generate calls:     {len(counting.batches)}, prompts per call {counting.batches}")
+    print(f"  mean reward:        {sum(tr.reward for tr in trajs) / n:.3f}")
+
+    # Baseline: each turn's prompts once more, bare; rows forced to the longest completion.
+    bare = 0.0
+    by_turn: dict[int, list[list[int]]] = {}
+    for tr in trajs:
+        for k, turn in enumerate(tr.turns):
+            by_turn.setdefault(k, []).append(turn.prompt_ids.tolist())
+    for prompts in by_turn.values():
+        for i in range(0, len(prompts), args.batch_size):
+            bare += bare_generate(
+                model, tokenizer, prompts[i : i + args.batch_size], longest, args.temperature
+            )
+    print(
+        f"\nbare model.generate, same prompts, {longest} new tokens each: {bare:.1f} s, "
+        f"{stats.generated_tokens / bare:.1f} tokens/s of the collector's tokens"
+    )
+    print(f"  ratio collector / bare wall time:           {stats.total / bare:.2f}x")
+    print(f"  ratio collector generate time / bare:       {stats.generation / bare:.2f}x")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
