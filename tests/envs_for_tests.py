@@ -54,19 +54,26 @@ class EchoEnv(TextEnv):
 
 
 class SlowEnv(EchoEnv):
-    """``EchoEnv`` whose ``step`` sleeps ``delays.get(seed, 0)`` seconds.
+    """``EchoEnv`` whose ``step`` sleeps ``delays.get(seed, 0)`` seconds (only in its first
+    ``slow_steps`` steps when given).
 
     ``log`` (shared by all instances made with the same list) gets ``(seed, start, end)`` in
     ``time.perf_counter`` seconds for every step.
     """
 
-    def __init__(self, delays: dict[int, float], log: list[tuple[int, float, float]]):
+    def __init__(
+        self,
+        delays: dict[int, float],
+        log: list[tuple[int, float, float]],
+        slow_steps: int | None = None,
+    ):
         super().__init__()
-        self.delays, self.log = delays, log
+        self.delays, self.log, self.slow_steps = delays, log, slow_steps
 
     def step(self, action: str | Action) -> StepResult:
         start = time.perf_counter()
-        time.sleep(self.delays.get(self.seed, 0.0))
+        if self.slow_steps is None or self.turn < self.slow_steps:
+            time.sleep(self.delays.get(self.seed, 0.0))
         result = super().step(action)
         self.log.append((self.seed, start, time.perf_counter()))
         return result
