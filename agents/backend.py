@@ -10,6 +10,14 @@ model's raw logits at that position; for ``temperature == 0`` (greedy) the divis
 top-p/top-k truncation is *not* applied to these values. The trainer recomputes the same
 quantity from a forward pass and takes the importance ratio against these logprobs (PPO, Schulman
 et al., 2017, Eq. 6; GRPO, Shao et al., 2024, Eq. 3), so both sides must use the same temperature.
+
+Seeding contract: ``generate(prompts, params, seeds)`` takes at most one seed per prompt. With
+``seeds``, prompt i's completion depends only on (model, prompt i, params, seeds[i]): not on the
+other prompts in the call, their order, the batch split, padding, or the global RNG. That is what
+makes a rollout reproducible when the collector batches episodes by thread timing. Without
+``seeds``, ``params.seed = s`` means ``seeds = [s, s + 1, ...]`` (identical prompts in a GRPO group
+still differ); with neither, the backend draws from its global RNG. ``seeds`` overrides
+``params.seed``. Greedy decoding (``temperature == 0``) ignores seeds.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus sampling mass; 1.0 disables it
     top_k: int = 0  # sample among the k most likely tokens; 0 disables it
     stop: list[str] = field(default_factory=list)  # stop after a token completes any of these
-    seed: int | None = None  # seed for reproducible sampling; None draws from the global RNG
+    seed: int | None = None  # prompt i gets seed + i unless generate(seeds=...) says otherwise
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -74,13 +82,30 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A policy sampler. ``generate`` returns one ``Completion`` per prompt, in prompt order."""
+    """A policy sampler. ``generate`` returns one ``Completion`` per prompt, in prompt order;
+    ``seeds`` (one per prompt) follow the module's seeding contract."""
 
     tokenizer: Any
 
     def generate(
-        self, prompts: list[Sequence[int]], params: SamplingParams
+        self,
+        prompts: list[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
     ) -> list[Completion]: ...
+
+
+def row_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None) -> list[int] | None:
+    """The seed of each of ``n`` prompts under the seeding contract, or None (global RNG)."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(
+                f"generate got {len(seeds)} seeds for {n} prompts; give one per prompt"
+            )
+        return [int(s) for s in seeds]
+    if params.seed is None:
+        return None
+    return [params.seed + i for i in range(n)]
 
 
 def stop_index(text_of: Any, n: int, stop: Sequence[str]) -> int | None:

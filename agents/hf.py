@@ -5,6 +5,14 @@ with an attention mask so every row's next token sits in the last column and the
 shared. Logprobs come from the raw per-step logits (``output_logits=True``), divided by the
 temperature in float32 (the convention in ``backend.py``), so they do not depend on top-p/top-k.
 
+Sampling is per row, so a row's tokens do not depend on its batch (``backend.py``'s seeding
+contract). Each row owns a ``torch.Generator`` seeded with its seed; ``generate`` runs in greedy
+mode with ``_RowSampler`` as the logits processor, which applies temperature, top-k and top-p and
+adds Gumbel noise drawn from the row's own generator. The argmax of ``logits / T + Gumbel`` is an
+exact sample from ``softmax(logits / T)`` (the Gumbel-max trick; Gumbel, 1954; Maddison et al.,
+2014, "A* Sampling", §2), and every row draws exactly one vocabulary-sized noise vector per step,
+whoever else is in the batch. Rows without a given seed get one drawn from torch's global RNG.
+
 The model is used in place: a PEFT/LoRA model that the trainer updates is sampled with its
 current weights, no copy. ``generate`` switches it to eval mode and restores the previous mode.
 Sampling follows ``SamplingParams`` only: the neutral values below override whatever the model's
@@ -14,14 +22,20 @@ trainer does not reproduce would bias the importance ratios.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
-from .backend import Completion, SamplingParams, stop_index
+from .backend import Completion, SamplingParams, row_seeds, stop_index
+
+SEED_BOUND = 2**63 - 1  # rows without a seed draw one below this from the global RNG
 
 NEUTRAL = dict(
     repetition_penalty=1.0,
@@ -52,20 +66,36 @@ class _StopStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed sampling without disturbing the global RNG state that training uses."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+class _RowSampler(LogitsProcessor):
+    """Turns greedy decoding into per-row sampling: temperature, top-k, top-p, then Gumbel noise.
 
+    Returns new scores (the raw logits that ``output_logits`` keeps are not modified). Truncated
+    tokens get -inf, so no noise can revive them. The uniforms and their first log are float64: from
+    float32 uniforms the Gumbel noise would stop at about 16.6, so tokens ~19 nats below the best
+    one could never be drawn; from float64 the cut is at 36.7.
+    """
 
-def _sampling_flags(params: SamplingParams) -> dict[str, Any]:
-    return dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+    def __init__(self, params: SamplingParams, generators: list[torch.Generator]):
+        self.temperature, self.top_k, self.top_p = params.temperature, params.top_k, params.top_p
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores / self.temperature  # (B, V)
+        if self.top_k and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1:
+            ordered, index = scores.sort(dim=-1, descending=True)  # (B, V)
+            probs = ordered.softmax(dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs  # the best token always stays (0 < top_p)
+            sorted_drop = mass_before >= self.top_p  # (B, V), in descending-score order
+            drop = sorted_drop.scatter(1, index, sorted_drop)  # back to vocabulary order
+            scores = scores.masked_fill(drop, float("-inf"))
+        uniform = torch.empty(scores.shape, dtype=torch.float64, device=scores.device)  # (B, V)
+        for row, generator in zip(uniform, self.generators, strict=True):
+            row.uniform_(generator=generator)  # each row draws from its own stream only
+        exponential = uniform.log_().neg_().to(scores.dtype)  # -log U ~ Exp(1), exact near 0
+        return scores - exponential.log_()  # + Gumbel noise: -log(-log U)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -106,19 +136,31 @@ class HFBackend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         """One completion per prompt, in prompt order (see ``backend.py`` for the contract)."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        per_row = row_seeds(len(prompts), params, seeds)
+        if per_row is None:  # greedy needs no seeds; sampling without them uses the global RNG
+            sampling = params.temperature > 0
+            n = len(prompts)
+            per_row = torch.randint(SEED_BOUND, (n,)).tolist() if sampling else [0] * n
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Completion | None] = [None] * len(prompts)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), _seeded(params.seed, self.device):
+            with torch.no_grad():
                 for start in range(0, len(order), self.max_batch_size):
                     chunk = order[start : start + self.max_batch_size]
-                    batch = self._generate_batch([prompts[i] for i in chunk], params)
+                    batch = self._generate_batch(
+                        [prompts[i] for i in chunk], params, [per_row[i] for i in chunk]
+                    )
                     for i, completion in zip(chunk, batch, strict=True):
                         results[i] = completion
         finally:
@@ -126,7 +168,7 @@ class HFBackend:
         return [c for c in results if c is not None]
 
     def _generate_batch(
-        self, prompts: list[Sequence[int]], params: SamplingParams
+        self, prompts: list[Sequence[int]], params: SamplingParams, seeds: list[int]
     ) -> list[Completion]:
         rows, width = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((rows, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -135,6 +177,10 @@ class HFBackend:
             input_ids[r, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
             attention_mask[r, width - len(prompt) :] = 1
         sampling = params.temperature > 0
+        processors = LogitsProcessorList()
+        if sampling:
+            generators = [torch.Generator(self.device).manual_seed(s) for s in seeds]
+            processors.append(_RowSampler(params, generators))
         stopping = StoppingCriteriaList(
             [_StopStrings(self.tokenizer, width, params.stop)] if params.stop else []
         )
@@ -142,8 +188,8 @@ class HFBackend:
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
             max_new_tokens=params.max_new_tokens,
-            do_sample=sampling,
-            **(_sampling_flags(params) if sampling else {}),
+            do_sample=False,  # _RowSampler samples: argmax of its noisy scores
+            logits_processor=processors,
             eos_token_id=sorted(self.eos_ids),
             pad_token_id=self.tokenizer.pad_token_id,
             stopping_criteria=stopping,

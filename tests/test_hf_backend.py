@@ -10,7 +10,7 @@ import torch
 
 from ptgym.agents.backend import Backend, Completion, SamplingParams
 from ptgym.agents.chat import ChatRenderer
-from ptgym.agents.hf import HFBackend
+from ptgym.agents.hf import HFBackend, _RowSampler
 from tests.tiny import tiny_model_and_tokenizer
 
 QUESTIONS = ["What is 2+2?", "Hi", "Write a long poem about the sea, with many verses please."]
@@ -75,6 +75,83 @@ def test_seeded_sampling_repeats_and_leaves_the_global_rng_alone(tiny):
     assert torch.equal(state, torch.get_rng_state())
     assert [c.token_ids.tolist() for c in first] == [c.token_ids.tolist() for c in second]
     assert [c.token_ids.tolist() for c in first] != [c.token_ids.tolist() for c in other]
+
+
+def ids(completions) -> list[list[int]]:
+    return [c.token_ids.tolist() for c in completions]
+
+
+def test_a_seeded_prompt_samples_the_same_tokens_alone_in_any_batch_and_any_order(tiny):
+    """The seeding contract: prompt i's tokens depend on (model, prompt, params, seed) only."""
+    _, _, backend, prompts = tiny
+    params = SamplingParams(max_new_tokens=12, temperature=1.0)
+    seeds = [101, 202, 303]
+    alone = [
+        backend.generate([p], params, seeds=[s])[0] for p, s in zip(prompts, seeds, strict=True)
+    ]
+    batch = backend.generate(prompts, params, seeds=seeds)
+    reordered = backend.generate(prompts[::-1], params, seeds=seeds[::-1])[::-1]
+    split = HFBackend(*tiny[:2], max_batch_size=2).generate(prompts, params, seeds=seeds)
+    crowd = backend.generate([prompts[2], prompts[0], prompts[0]], params, seeds=[7, 101, 8])
+    assert ids(batch) == ids(alone) == ids(reordered) == ids(split)
+    assert ids(crowd)[1] == ids(alone)[0]  # beside a longer prompt (padding) and its own twin
+    for a, b in zip(alone, batch, strict=True):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_different_seeds_sample_differently_and_the_global_rng_is_untouched(tiny):
+    _, _, backend, prompts = tiny
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    state = torch.get_rng_state()
+    twins = backend.generate([prompts[0]] * 3, params, seeds=[1, 2, 3])
+    assert torch.equal(state, torch.get_rng_state())
+    assert len(set(map(tuple, ids(twins)))) == 3
+    assert ids(backend.generate(prompts[:1], params, seeds=[2])) == ids(twins)[1:2]
+
+
+def test_seeds_override_params_seed_which_means_seed_plus_i(tiny):
+    _, _, backend, prompts = tiny
+    by_params = backend.generate(prompts, SamplingParams(max_new_tokens=8, seed=40))
+    by_seeds = backend.generate(
+        prompts, SamplingParams(max_new_tokens=8, seed=9), seeds=[40, 41, 42]
+    )
+    assert ids(by_params) == ids(by_seeds)
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        backend.generate(prompts, SamplingParams(max_new_tokens=2), seeds=[1, 2])
+
+
+def test_unseeded_sampling_follows_the_global_rng(tiny):
+    _, _, backend, prompts = tiny
+    params = SamplingParams(max_new_tokens=8)
+    torch.manual_seed(5)
+    first = backend.generate(prompts, params)
+    torch.manual_seed(5)
+    assert ids(backend.generate(prompts, params)) == ids(first)
+    assert ids(backend.generate(prompts, params)) != ids(first)
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "kept"), [(0, 1.0, 4), (2, 1.0, 2), (0, 0.9, 2), (3, 0.5, 1)]
+)
+def test_row_sampler_draws_from_the_truncated_tempered_softmax(top_k, top_p, kept):
+    """Argmax of the noisy scores over 20,000 seeded rows: frequencies match softmax(logits / T)
+    renormalised over the kept tokens. At T = 0.7 the probabilities are (.763, .183, .044, .011):
+    top_p = 0.9 keeps two tokens (mass before the third is .946), top_p = 0.5 keeps one."""
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    rows = 20_000
+    scores = logits.repeat(rows, 1)  # (B, V)
+    before = scores.clone()
+    sampler = _RowSampler(
+        SamplingParams(temperature=0.7, top_k=top_k, top_p=top_p),
+        [torch.Generator().manual_seed(s) for s in range(rows)],
+    )
+    drawn = sampler(torch.zeros((rows, 1), dtype=torch.long), scores).argmax(dim=-1)
+    assert torch.equal(scores, before)  # the raw logits kept for logprobs are not modified
+    freq = torch.bincount(drawn, minlength=4).double() / rows
+    expected = torch.zeros(4, dtype=torch.double)
+    expected[:kept] = torch.softmax(logits[:kept].double() / 0.7, dim=-1)
+    assert torch.all(freq[kept:] == 0)
+    torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
 
 
 def test_a_row_ends_at_its_eos_which_is_kept_and_nothing_follows(tiny):
