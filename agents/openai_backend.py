@@ -20,8 +20,10 @@ returns none gives NaN logprobs (``exact`` False). Whether they follow ``backend
 server does with ``--logprobs-mode processed_logprobs`` (its default returns T=1 logprobs) when
 top-p/top-k are off.
 
-``SamplingParams.seed`` s is sent as s + i for prompt i, so that a group of identical prompts
-(GRPO) gets different samples while the whole batch stays reproducible.
+Seeds (``backend.py``'s contract): prompt i's request carries ``seed = seeds[i]``, or
+``params.seed + i`` without ``seeds``, so a group of identical prompts (GRPO) gets different
+samples while the whole batch stays reproducible. Whether a seed fixes the sample is up to the
+server: ``ptgym serve`` honours it per prompt, vLLM per request, hosted APIs only "mostly".
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .backend import Completion, SamplingParams
+from .backend import Completion, SamplingParams, row_seeds
 
 log = logging.getLogger(__name__)
 _TOKEN_ID = re.compile(r"token_id:(\d+)")
@@ -135,18 +137,28 @@ class OpenAIBackend:
 
     # -- Backend --
 
-    def generate(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         """One completion per prompt, in prompt order (see ``backend.py`` for the contract)."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if params.top_k and not self.extensions:
             raise ValueError("top_k is an extension field; it needs extensions=True (vLLM, ptgym)")
-        bodies = [self._completion_body(p, params, i) for i, p in enumerate(prompts)]
+        per_row = row_seeds(len(prompts), params, seeds) or [None] * len(prompts)
+        bodies = [
+            self._completion_body(p, params, s) for p, s in zip(prompts, per_row, strict=True)
+        ]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(bodies)))) as ex:
             replies = list(ex.map(lambda b: self.request("/completions", b), bodies))
         return [self._completion(reply) for reply in replies]
 
-    def _completion_body(self, prompt: Sequence[int], params: SamplingParams, i: int) -> dict:
+    def _completion_body(
+        self, prompt: Sequence[int], params: SamplingParams, seed: int | None
+    ) -> dict:
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": [int(t) for t in prompt],
@@ -158,8 +170,8 @@ class OpenAIBackend:
         }
         if params.stop:
             body["stop"] = params.stop
-        if params.seed is not None:
-            body["seed"] = params.seed + i
+        if seed is not None:
+            body["seed"] = seed
         if self.extensions:
             body.update(
                 return_token_ids=True,

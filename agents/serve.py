@@ -23,8 +23,10 @@ get a 400. Stop strings are cut from ``text``/``content`` (OpenAI's behaviour) u
 
 Batching: handler threads put requests on a queue; one worker thread takes the oldest request
 plus every waiting request with the same sampling parameters and runs them as one ``generate``
-call, so clients that arrive while the model is busy share the next batch. Requests with a
-``seed`` run alone, so their samples depend on the request only, not on who else was waiting.
+call, so clients that arrive while the model is busy share the next batch. A request's ``seed`` s
+gives its rows (each prompt's ``n`` choices, in order) the per-prompt seeds s, s + 1, ... of
+``backend.py``'s seeding contract, so a seeded request's samples depend on the request only, not on
+who else was waiting: seeded requests batch with seeded ones, unseeded with unseeded.
 Errors are OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``, 4xx for bad
 requests, 500 when generation itself fails.
 """
@@ -38,11 +40,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .backend import Backend, Completion, SamplingParams
+from .backend import Backend, Completion, SamplingParams, row_seeds
 from .chat import ChatRenderer
 from .toolcalls import parse_tool_calls
 
@@ -68,7 +70,8 @@ class RequestError(Exception):
 @dataclass
 class _Job:
     prompts: list[list[int]]
-    params: SamplingParams
+    params: SamplingParams  # with seed=None: the per-prompt seeds are in ``seeds``
+    seeds: list[int] | None
     future: Future = field(default_factory=Future)
 
 
@@ -94,7 +97,8 @@ class Batcher:
 
     def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         """Block until this request's completions (one per prompt, in order) are ready."""
-        job = _Job(prompts, params)
+        seeds = row_seeds(len(prompts), params, None)
+        job = _Job(prompts, replace(params, seed=None), seeds)
         self._queue.put(job)
         return job.future.result()
 
@@ -103,14 +107,17 @@ class Batcher:
         if first is None:
             return None
         group, rows = [first], len(first.prompts)
-        if first.params.seed is not None:
-            return group
+        seeded = first.seeds is not None
         waiting = self._held + self._drain()
         self._held = []
         for job in waiting:
             if job is None:
                 self._held.append(job)  # stop after this group
-            elif job.params == first.params and rows + len(job.prompts) <= self.max_rows:
+            elif (
+                job.params == first.params
+                and (job.seeds is not None) == seeded
+                and rows + len(job.prompts) <= self.max_rows
+            ):
                 group.append(job)
                 rows += len(job.prompts)
             else:
@@ -128,8 +135,9 @@ class Batcher:
     def _run(self) -> None:
         while (group := self._next_group()) is not None:
             prompts = [p for job in group for p in job.prompts]
+            seeds = None if group[0].seeds is None else [s for job in group for s in job.seeds]
             try:
-                completions = self.backend.generate(prompts, group[0].params)
+                completions = self.backend.generate(prompts, group[0].params, seeds)
             except Exception as exc:  # handed to the waiting request threads
                 for job in group:
                     job.future.set_exception(exc)

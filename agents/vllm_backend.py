@@ -15,8 +15,9 @@ It imports without vLLM; constructing a backend without it raises ``VLLM_MISSING
   of reusing its cached copy. Much cheaper than reloading the base model.
 - Colocated with training: ``sleep()`` frees the GPU memory of the weights (level 2) or offloads
   them to CPU (level 1) and drops the KV cache; ``wake_up()`` restores them.
-- ``SamplingParams.seed`` s is used as s + i for prompt i (vLLM seeds per request), so identical
-  prompts in a GRPO group still get different samples.
+- Seeds (``backend.py``'s contract): prompt i's request gets ``SamplingParams(seed=seeds[i])``, or
+  ``params.seed + i`` without ``seeds`` (vLLM seeds per request, independently of the batch), so
+  identical prompts in a GRPO group still get different samples.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .backend import Completion, SamplingParams
+from .backend import Completion, SamplingParams, row_seeds
 
 log = logging.getLogger(__name__)
 VLLM_MISSING = "the vllm backend needs vLLM: pip install 'ptgym[vllm]'; needs an NVIDIA GPU"
@@ -107,7 +108,12 @@ class VLLMBackend:
     def wake_up(self) -> None:
         self.llm.wake_up()
 
-    def generate(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         """One completion per prompt, in prompt order (see ``backend.py`` for the contract)."""
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
@@ -120,6 +126,7 @@ class VLLMBackend:
                 "kept tokens, unlike backend.py's convention"
             )
             self._warned_truncation = True
+        per_row = row_seeds(len(prompts), params, seeds) or [None] * len(prompts)
         sampling = [
             VLLMSamplingParams(
                 n=1,
@@ -129,10 +136,10 @@ class VLLMBackend:
                 top_k=params.top_k if params.top_k else -1,
                 stop=list(params.stop) or None,
                 include_stop_str_in_output=True,
-                seed=None if params.seed is None else params.seed + i,
+                seed=seed,
                 logprobs=0,
             )
-            for i in range(len(prompts))
+            for seed in per_row
         ]
         inputs = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
         outputs = self.llm.generate(inputs, sampling, lora_request=self._lora, use_tqdm=False)
