@@ -89,7 +89,7 @@ def make_collector(
     budget = Budget(rollout.max_turns, rollout.max_tokens, rollout.episode_timeout_s)
     return Collector(backend, ChatRenderer(tokenizer), factory, params, budget, env_id=env_id,
                      model_name=model_name, env_workers=rollout.env_workers,
-                     batch_size=rollout.batch_size)
+                     batch_size=rollout.batch_size, seed=rollout.seed)
 
 
 def task_seeds(rollout: RolloutConfig, batch: int) -> list[int]:

@@ -9,6 +9,12 @@ sampled.
 Budgets end an episode with ``truncated=True``: ``max_turns`` assistant turns, ``max_tokens``
 sampled tokens, ``timeout_s`` wall time. An exception inside an env, or ``info["error"]``, marks the
 trajectory ``error`` (infrastructure failure): the trainer drops it instead of scoring it 0.
+
+Reproducible despite timing: which episodes share a ``generate`` call depends on which envs happen
+to answer within ``GATHER_WAIT_S``, so each turn gets its own sampling seed (``turn_seed``: the
+collector's ``seed``, the policy version, the task seed, the episode's place in the batch, the turn)
+and the backend samples each prompt from its own seed only (``backend.py``'s seeding contract).
+The same config, seed and weights sample the same tokens however the batches were split.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium
+import numpy as np
 
 from ptgym.agents.backend import Backend, SamplingParams
 from ptgym.agents.chat import ChatRenderer
@@ -36,8 +43,17 @@ class Budget:
     timeout_s: float = 600.0
 
 
+def turn_seed(base: int, policy_version: int, task_seed: int, episode: int, turn: int) -> int:
+    """The sampling seed of one turn of one episode: a hash of where the turn sits in the run
+    (NumPy's ``SeedSequence``, so nearby inputs give unrelated seeds), never of when it ran.
+    All arguments must be >= 0."""
+    entropy = [base, policy_version, task_seed, episode, turn]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
 @dataclass
 class _Episode:
+    index: int  # place in the collect call's batch: task i, group member g -> i * group + g
     env: gymnasium.Env
     traj: Trajectory
     tools: list[dict] | None
@@ -74,7 +90,8 @@ class Collector:
     """Runs groups of episodes of one env with one backend.
 
     ``env_factory`` makes a fresh env; envs are kept and reused (``reset``) across calls, so an
-    env holding a sandbox pool or a dataset is built once.
+    env holding a sandbox pool or a dataset is built once. ``seed`` (>= 0) is the base of every
+    turn's sampling seed (``turn_seed``); ``sampling.seed`` is not used.
     """
 
     def __init__(
@@ -89,6 +106,7 @@ class Collector:
         model_name: str = "",
         env_workers: int = 8,
         batch_size: int = 32,
+        seed: int = 0,
     ):
         self.backend = backend
         self.renderer = renderer
@@ -98,6 +116,7 @@ class Collector:
         self.env_id = env_id
         self.model_name = model_name
         self.batch_size = batch_size
+        self.seed = seed
         self._envs: list[gymnasium.Env] = []
         self._pool = cf.ThreadPoolExecutor(max_workers=env_workers, thread_name_prefix="ptgym-env")
         self.stats = CollectStats()
@@ -130,7 +149,8 @@ class Collector:
                     model=self.model_name, policy_version=policy_version,
                 )
                 traj.info["group_member"] = g
-                episodes.append(_Episode(self._envs[i * group + g], traj, None))
+                index = i * group + g
+                episodes.append(_Episode(index, self._envs[index], traj, None))
         for ep in episodes:
             ep.pending = self._pool.submit(self._reset, ep, options)
         self._run(episodes)
@@ -180,8 +200,13 @@ class Collector:
             by_budget.setdefault(min(self.sampling.max_new_tokens, left), []).append(ep)
         for max_new, eps in by_budget.items():
             params = SamplingParams(**{**vars(self.sampling), "max_new_tokens": max_new})
+            seeds = [
+                turn_seed(self.seed, ep.traj.policy_version, ep.traj.seed, ep.index,
+                          len(ep.traj.turns))
+                for ep in eps
+            ]
             t0 = time.perf_counter()
-            completions = self.backend.generate([ep.prompt for ep in eps], params)
+            completions = self.backend.generate([ep.prompt for ep in eps], params, seeds=seeds)
             dt = time.perf_counter() - t0
             self.stats.generation += dt
             for ep, c in zip(eps, completions, strict=True):
