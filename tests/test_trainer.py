@@ -109,12 +109,15 @@ def test_train_refuses_a_run_dir_with_checkpoints_unless_resuming(run):
 def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
     """Steps 3-4 after a resume from step 2 equal those of a run that never stopped.
 
-    The checkpoint must carry weights, value head, AdamW moments, scheduler and the RNG states:
-    sampling at temperature 1 and LoRA dropout both draw from torch's global RNG. One episode per
-    step (PPO needs no group): with several, the collector batches episodes as their envs answer,
-    and a batch's composition changes which random draws each row gets.
+    The checkpoint must carry weights, value head, AdamW moments, scheduler and the RNG states
+    (LoRA dropout draws from torch's global RNG). Four episodes per step, sampled at temperature
+    1: the collector batches them as their envs answer, so this holds only because every turn
+    samples from its own seed (``rollout.turn_seed``), whatever batch it landed in. Sampled ids and
+    rewards are equal exactly; losses and weights to 1e-4 only: the sampler's logprobs (the PPO
+    ratio's denominator) come from a forward pass over whichever batch the row landed in, whose
+    float rounding depends on the batch (~1e-7), and four steps at lr 0.01 grow that to ~1e-5.
     """
-    args = ("tasks=1", "group=1", "algo=ppo", "lora.enabled=true", "lora.r=4",
+    args = ("tasks=2", "group=2", "algo=ppo", "lora.enabled=true", "lora.r=4",
             "lora.dropout=0.1", "sampling.temperature=1.0", "trainer.lr=0.01")
     train(config(tmp_path / "whole", "trainer.steps=4", *args), log=lambda _: None)
     train(config(tmp_path / "split", "trainer.steps=2", *args), log=lambda _: None)
@@ -125,14 +128,18 @@ def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
     whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
     assert [r["step"] for r in whole] == [r["step"] for r in split] == [1, 2, 3, 4]
     for a, b in zip(whole, split, strict=True):
-        for key in ("reward/mean", "rollout/response_tokens", "loss/total", "loss/value_loss",
-                    "loss/entropy", "loss/grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+        for key in ("reward/mean", "rollout/response_tokens"):
+            assert b[key] == a[key], (a["step"], key)
+        for key in ("loss/total", "loss/value_loss", "loss/entropy", "loss/grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
     assert whole[2]["loss/grad_norm"] != whole[1]["loss/grad_norm"]
+    sampled = [[(t.group_id, [turn.completion_ids.tolist() for turn in t.turns])
+                for t in TrajectoryStore(tmp_path / d)] for d in ("whole", "split")]
+    assert len(sampled[0]) == len(sampled[1]) == 16 and sampled[0] == sampled[1]
     weights = [torch.load(ckpt.list_checkpoints(tmp_path / d)[-1] / "trainable.pt",
                           weights_only=True) for d in ("whole", "split")]
     for name, tensor in weights[0].items():
-        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-6)
 
 
 def test_lr_schedules_warm_up_then_decay():
