@@ -34,6 +34,10 @@ answers a uniformly random digit gets reward 0.1 on average. Rewards sit on the 
 - ``max_attempts``: replies per episode (default 1).
 - ``attempt_discount``: reward factor per extra attempt (default 1.0).
 - ``system_prompt``: an optional system message (default None: the prompt alone).
+- ``operands``: a and b are drawn from ``range(operands)`` (default 10: 100 tasks). Fewer operands
+  give a smaller task set (``operands=3``: 9 tasks) for fast learning tests.
+- ``prompt``: the user message, a format string with ``{a}`` and ``{b}`` (default the sentence
+  above; the learning test uses ``"{a}+{b}="``).
 
 ``info``: ``task_id``, ``answer`` (the digit as a str), ``tools`` (``[]``); after a step also
 ``correct``, ``extracted`` (the first non-whitespace character or None), ``attempt``.
@@ -65,11 +69,20 @@ class DigitsEnv(TextEnv):
         max_attempts: int = 1,
         attempt_discount: float = 1.0,
         system_prompt: str | None = None,
+        operands: int = 10,
+        prompt: str = PROMPT,
         render_mode: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if not 1 <= operands <= 10:
+            raise ValueError(f"operands must be in [1, 10], got {operands}")
+        if "{a}" not in prompt or "{b}" not in prompt:
+            raise ValueError(f"prompt must contain {{a}} and {{b}}, got {prompt!r}")
+        self.operands = operands
+        self.prompt = prompt
+        self.num_tasks = operands * operands
         self.max_attempts = max_attempts
         self.attempt_discount = attempt_discount
         self.system_prompt = system_prompt
@@ -90,14 +103,14 @@ class DigitsEnv(TextEnv):
             a, b = int(a_str), int(b_str)
         elif "index" in options:
             if not 0 <= int(options["index"]) < self.num_tasks:
-                raise ValueError(f"index must be in [0, 100), got {options['index']}")
-            a, b = divmod(int(options["index"]), 10)
+                raise ValueError(f"index must be in [0, {self.num_tasks}), got {options['index']}")
+            a, b = divmod(int(options["index"]), self.operands)
         else:
-            a, b = (int(x) for x in self.np_random.integers(0, 10, size=2))
+            a, b = (int(x) for x in self.np_random.integers(0, self.operands, size=2))
         self.task_id, self.answer, self.attempt = f"{a}+{b}", str((a + b) % 10), 0
         self._done = False
         obs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        obs.append({"role": "user", "content": PROMPT.format(a=a, b=b)})
+        obs.append({"role": "user", "content": self.prompt.format(a=a, b=b)})
         self.messages = [dict(m) for m in obs]
         return obs, {"task_id": self.task_id, "answer": self.answer, "tools": []}
 
