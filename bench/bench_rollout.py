@@ -34,9 +34,11 @@ class CountingBackend:
     def __init__(self, inner: HFBackend):
         self.inner, self.tokenizer, self.batches = inner, inner.tokenizer, []
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list:
         self.batches.append(len(prompts))
-        return self.inner.generate(prompts, params)
+        return self.inner.generate(prompts, params, seeds)
 
 
 def bare_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int, temperature: float):

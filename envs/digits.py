@@ -37,7 +37,10 @@ answers a uniformly random digit gets reward 0.1 on average. Rewards sit on the 
 - ``operands``: a and b are drawn from ``range(operands)`` (default 10: 100 tasks). Fewer operands
   give a smaller task set (``operands=3``: 9 tasks) for fast learning tests.
 - ``prompt``: the user message, a format string with ``{a}`` and ``{b}`` (default the sentence
-  above; the learning test uses ``"{a}+{b}="``).
+  above).
+- ``op``: ``"sum"`` (default): the answer is ``(a + b) mod 10``; ``"copy"``: the answer is ``a``
+  (``b`` is drawn but unused and the prompt needs only ``{a}``), the easiest conditional target, for
+  learning tests of a tiny random model.
 
 ``info``: ``task_id``, ``answer`` (the digit as a str), ``tools`` (``[]``); after a step also
 ``correct``, ``extracted`` (the first non-whitespace character or None), ``attempt``.
@@ -71,6 +74,7 @@ class DigitsEnv(TextEnv):
         system_prompt: str | None = None,
         operands: int = 10,
         prompt: str = PROMPT,
+        op: str = "sum",
         render_mode: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
@@ -78,8 +82,12 @@ class DigitsEnv(TextEnv):
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if not 1 <= operands <= 10:
             raise ValueError(f"operands must be in [1, 10], got {operands}")
-        if "{a}" not in prompt or "{b}" not in prompt:
-            raise ValueError(f"prompt must contain {{a}} and {{b}}, got {prompt!r}")
+        if op not in ("sum", "copy"):
+            raise ValueError(f"op must be 'sum' or 'copy', got {op!r}")
+        needed = ["{a}", "{b}"] if op == "sum" else ["{a}"]
+        if any(n not in prompt for n in needed):
+            raise ValueError(f"prompt must contain {' and '.join(needed)} for op={op}, got {prompt!r}")
+        self.op = op
         self.operands = operands
         self.prompt = prompt
         self.num_tasks = operands * operands
@@ -108,6 +116,8 @@ class DigitsEnv(TextEnv):
         else:
             a, b = (int(x) for x in self.np_random.integers(0, self.operands, size=2))
         self.task_id, self.answer, self.attempt = f"{a}+{b}", str((a + b) % 10), 0
+        if self.op == "copy":
+            self.answer = str(a)
         self._done = False
         obs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         obs.append({"role": "user", "content": self.prompt.format(a=a, b=b)})

@@ -155,9 +155,14 @@ class RecordingBackend:
         self.tokenizer = self.inner.tokenizer
         self._lock = threading.Lock()
 
-    def generate(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         start = time.perf_counter()
-        completions = self.inner.generate(prompts, params)
+        completions = self.inner.generate(prompts, params, seeds)
         with self._lock:
             self.calls.append(
                 Call([list(p) for p in prompts], completions, start, time.perf_counter())
@@ -183,7 +188,12 @@ class ScriptedBackend:
             tokenizer(r, add_special_tokens=False)["input_ids"] + [self.eos] for r in replies
         ]
 
-    def generate(self, prompts: list[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(
+        self,
+        prompts: list[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
         return [self._complete(list(p), params.max_new_tokens) for p in prompts]
 
     def _complete(self, prompt: list[int], max_new: int) -> Completion:
