@@ -124,3 +124,9 @@ def stop_index(text_of: Any, n: int, stop: Sequence[str]) -> int | None:
         else:
             lo = mid + 1
     return hi
+
+
+def check_prompts(prompts: list[Sequence[int]]) -> None:
+    """Every backend's precondition: each prompt has at least one token."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")

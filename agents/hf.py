@@ -33,7 +33,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from .backend import Completion, SamplingParams, row_seeds, stop_index
+from .backend import Completion, SamplingParams, check_prompts, row_seeds, stop_index
 
 SEED_BOUND = 2**63 - 1  # rows without a seed draw one below this from the global RNG
 
@@ -143,8 +143,7 @@ class HFBackend:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         """One completion per prompt, in prompt order (see ``backend.py`` for the contract)."""
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+        check_prompts(prompts)
         per_row = row_seeds(len(prompts), params, seeds)
         if per_row is None:  # greedy needs no seeds; sampling without them uses the global RNG
             sampling = params.temperature > 0

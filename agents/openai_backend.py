@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .backend import Completion, SamplingParams, row_seeds
+from .backend import Completion, SamplingParams, check_prompts, row_seeds
 
 log = logging.getLogger(__name__)
 _TOKEN_ID = re.compile(r"token_id:(\d+)")
@@ -144,8 +144,7 @@ class OpenAIBackend:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         """One completion per prompt, in prompt order (see ``backend.py`` for the contract)."""
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+        check_prompts(prompts)
         if params.top_k and not self.extensions:
             raise ValueError("top_k is an extension field; it needs extensions=True (vLLM, ptgym)")
         per_row = row_seeds(len(prompts), params, seeds) or [None] * len(prompts)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .backend import Completion, SamplingParams, row_seeds
+from .backend import Completion, SamplingParams, check_prompts, row_seeds
 
 log = logging.getLogger(__name__)
 VLLM_MISSING = "the vllm backend needs vLLM: pip install 'ptgym[vllm]'; needs an NVIDIA GPU"
@@ -118,8 +118,7 @@ class VLLMBackend:
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
+        check_prompts(prompts)
         if (params.top_p < 1 or params.top_k) and not self._warned_truncation:
             log.warning(
                 "vllm backend: with top_p/top_k the logprobs are renormalised over the "

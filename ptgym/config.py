@@ -102,7 +102,7 @@ class TrainerConfig:
     schedule: str = "constant"  # constant | linear | cosine
     save_every: int = 10  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2  # older checkpoints are deleted
-    seed: int = 0  # seeds torch (init of adapters/value head, sampling)
+    seed: int = 0  # seeds torch: adapter and value-head init (sampling follows rollout.seed)
     eval_every: int = 0  # held-out eval every N steps (0 = off)
     eval_tasks: int = 32  # tasks in each held-out eval
 
