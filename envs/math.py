@@ -200,6 +200,13 @@ class MathEnv(TextEnv):
             )
             for name in self.generators
         }
+        empty = [name for name, idx in self._indices.items() if len(idx) == 0]
+        if empty:
+            raise ValueError(
+                f"the test split of {', '.join(empty)} is empty: with this generator_config every "
+                "problem also appears in the train split; allow more problems (more digits or "
+                "terms) or use split='train'"
+            )
         self.task_id = ""
         self.answer = ""
         self.attempt = 0

@@ -40,8 +40,13 @@ def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[
                 f"(from env.kwargs); its arguments: {', '.join(sorted(params)) or 'none'}"
             )
 
+    try:  # made once here so a bad argument value fails before the model loads
+        spare = [gymnasium.make(spec.id, **kwargs)]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"env {spec.id} cannot be made with env.kwargs={kwargs}: {exc}") from exc
+
     def make() -> gymnasium.Env:
-        return gymnasium.make(spec.id, **kwargs)
+        return spare.pop() if spare else gymnasium.make(spec.id, **kwargs)
 
     return spec.id, make
 
