@@ -32,7 +32,8 @@ def test_group_presets_compose_and_dotted_keys_override_them():
         C.TrainCommand,
         ["env=math-multiturn", "algo=ppo", "model=tiny", "lora.r=8", "sampling.max_new_tokens=64"],
     )
-    assert (cfg.env.name, cfg.env.kwargs, cfg.rollout.max_turns) == ("math", {"max_attempts": 3}, 3)
+    assert (cfg.env.name, cfg.env.kwargs["max_attempts"], cfg.rollout.max_turns) == ("math", 3, 3)
+    assert cfg.env.kwargs["generators"] == ["chain_sum", "basic_arithmetic"]
     assert (cfg.algo.name, cfg.algo.credit, cfg.algo.beta, cfg.algo.epochs) == (
         "ppo",
         "gae",
