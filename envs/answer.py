@@ -35,6 +35,7 @@ Checking never raises: any error or timeout counts as a wrong answer.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from functools import lru_cache
@@ -42,6 +43,12 @@ from typing import Any
 
 from math_verify import LatexExtractionConfig, parse, verify
 from math_verify.errors import TimeoutException
+
+# Worker threads call math-verify without its signal-based timeout (signals only work in the main
+# thread); the span length cap below is the guard. Its "Timeout is disabled" warning would repeat
+# once per racing thread on every run, so only its errors are shown.
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 TIMEOUT_S = 5
 MAX_ANSWER_CHARS = 300
