@@ -203,3 +203,15 @@ class ScriptedBackend:
         finish = "stop" if ids[-1] == self.eos else "length"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Completion(ids, -np.arange(1, len(ids) + 1) / 100, finish, text)
+
+
+# Like Qwen3's template: <think> blocks of assistant turns before the last user message are dropped.
+DROP_THINK = (
+    "{% set ns = namespace(last_user=-1) %}{% for m in messages %}"
+    "{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.role == 'assistant' and loop.index0 < ns.last_user %}"
+    "{{ m.content.split('</think>')[-1] }}"
+    "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)

@@ -9,6 +9,7 @@ import pytest
 from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer, tools_system_prompt
 from ptgym.agents.hf import HFBackend
+from tests.envs_for_tests import DROP_THINK
 from tests.tiny import tiny_model_and_tokenizer, tiny_tokenizer
 
 TOOLS = [
@@ -38,16 +39,6 @@ OBSERVATIONS = [
     [{"role": "tool", "content": "1024\n", "tool_call_id": "call_0", "name": "python"}],
     [{"role": "user", "content": "Are you sure?"}],
 ]
-# Like Qwen3's template: <think> blocks of assistant turns before the last user message are dropped.
-DROP_THINK = (
-    "{% set ns = namespace(last_user=-1) %}{% for m in messages %}"
-    "{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{% if m.role == 'assistant' and loop.index0 < ns.last_user %}"
-    "{{ m.content.split('</think>')[-1] }}"
-    "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 # A minimal tool-aware template: renders the schemas and the structured tool_calls itself.
 NATIVE_TOOLS = (
     "{% if tools %}<|im_start|>system\nTOOLS {{ tools | tojson }}<|im_end|>\n{% endif %}"

@@ -17,19 +17,8 @@ from ptgym.envs.digits import DigitsEnv
 from ptgym.rollout import Budget, Collector
 from ptgym.samples import build_rows, collate
 from ptgym.types import Trajectory, Turn
-from tests.envs_for_tests import EchoEnv, RecordingBackend, ScriptedBackend
+from tests.envs_for_tests import DROP_THINK, EchoEnv, RecordingBackend, ScriptedBackend
 from tests.tiny import tiny_model_and_tokenizer
-
-# Like Qwen3's template: <think> blocks of assistant turns before the last user message are dropped.
-DROP_THINK = (
-    "{% set ns = namespace(last_user=-1) %}{% for m in messages %}"
-    "{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{% if m.role == 'assistant' and loop.index0 < ns.last_user %}"
-    "{{ m.content.split('</think>')[-1] }}"
-    "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
