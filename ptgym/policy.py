@@ -126,7 +126,9 @@ def build_policy(model_cfg: ModelConfig, lora: LoraConfig, *, value_head: bool,
     model, tokenizer = load_model(model_cfg.name, dtype=model_cfg.dtype, device=model_cfg.device,
                                   chat_template=model_cfg.chat_template)
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if lora.enabled:  # frozen embeddings: checkpointed blocks still need inputs with grads
+            model.enable_input_require_grads()
     return Policy(model, tokenizer, lora=lora, value_head=value_head,
                   need_reference=need_reference)
