@@ -130,3 +130,30 @@ def test_values_at_t_read_the_hidden_state_before_token_t(batch):
     assert values.shape == input_ids.shape
     assert values[:, 0].abs().max() == 0
     torch.testing.assert_close(values[:, 1:], expected[:, :-1], rtol=0, atol=1e-5)
+
+
+def test_activation_checkpointing_with_lora_gives_the_same_gradients():
+    """model.gradient_checkpointing=true (the code-tools preset) trains LoRA like the plain pass."""
+    from ptgym.config import ModelConfig
+    from ptgym.policy import build_policy
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 1000, (2, 10))
+    attn = torch.ones_like(ids)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)  # same adapter init
+        policy = build_policy(ModelConfig(name="tiny", device="cpu",
+                                          gradient_checkpointing=checkpointing),
+                              LoraConfig(), value_head=False, need_reference=False)
+        with torch.no_grad():  # non-zero B so the A matrices get gradients too
+            for n, p in policy.named_parameters():
+                if "lora_B" in n:
+                    p.fill_(0.01)
+        policy.train()
+        policy(ids, attn).logprobs.sum().backward()
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[1]
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], atol=1e-5), name
+        assert g.abs().sum() > 0, name
