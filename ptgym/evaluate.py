@@ -39,7 +39,7 @@ def score(trajs: list[Trajectory], k: int) -> dict[str, float]:
     for t in trajs:
         if t.error is None:
             by_task[t.group_id].append(t)
-    out = {k_: v for k_, v in rollout_metrics(trajs).items()}
+    out = rollout_metrics(trajs)  # a fresh dict per call
     if by_task:
         counts = [(len(ts), sum(passed(t) for t in ts)) for ts in by_task.values()]
         out["eval/pass@1"] = float(np.mean([pass_at_k(n, c, 1) for n, c in counts]))
