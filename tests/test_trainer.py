@@ -113,7 +113,7 @@ def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
     (LoRA dropout draws from torch's global RNG). Four episodes per step, sampled at temperature
     1: the collector batches them as their envs answer, so this holds only because every turn
     samples from its own seed (``rollout.turn_seed``), whatever batch it landed in. Sampled ids and
-    rewards are equal exactly; losses and weights to 1e-4 only: the sampler's logprobs (the PPO
+    rewards are equal exactly; losses and weights to 1e-4 (weights near 0: 1e-5) only: the sampler's logprobs (the PPO
     ratio's denominator) come from a forward pass over whichever batch the row landed in, whose
     float rounding depends on the batch (~1e-7), and four steps at lr 0.01 grow that to ~1e-5.
     """
@@ -139,7 +139,7 @@ def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
     weights = [torch.load(ckpt.list_checkpoints(tmp_path / d)[-1] / "trainable.pt",
                           weights_only=True) for d in ("whole", "split")]
     for name, tensor in weights[0].items():
-        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5)
 
 
 def test_lr_schedules_warm_up_then_decay():

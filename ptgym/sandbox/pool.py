@@ -189,7 +189,7 @@ class SandboxPool:
         with contextlib.suppress(docker.errors.DockerException):
             # By label, to catch containers still starting in a background thread.
             found = self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_POOL}={self.id}"}
+                all=True, filters={"label": f"{LABEL_POOL}={self.id}"}, ignore_removed=True
             )
             remove(found + [sb.container for sb in doomed if sb.container not in found])
         _POOLS.discard(self)

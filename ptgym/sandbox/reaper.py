@@ -58,8 +58,10 @@ def is_orphan(labels: dict[str, str]) -> bool:
 
 
 def _containers(client: docker.DockerClient, **filters: str) -> list[Any]:
+    """Labelled containers; one removed between the listing and its inspection is skipped (else
+    the SDK raises NotFound, e.g. while another pool removes its own)."""
     labels = [LABEL] + [f"{k}={v}" for k, v in filters.items()]
-    return client.containers.list(all=True, filters={"label": labels})
+    return client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
 
 
 def remove(containers: list[Any]) -> int:
