@@ -12,7 +12,7 @@ dropout 0 on q/k/v/o; 2 prompts x 4 generations per step; at most 128 new tokens
 top-p 1, top-k off; beta = 0 (no reference pass); one optimisation pass per batch, one micro-batch
 of 8 rows; clip 0.2 / 0.28 (DAPO clip-higher), token-mean loss (TRL ``loss_type="dapo"``), group
 std scaling; AdamW at the same constant lr, grad clip 1.0; no gradient checkpointing (TRL defaults
-to it: turned off), fp32 (TRL defaults to bf16: turned off). Prompts: the Math-v0 train problems
+to it: turned off), fp32 (TRL defaults to bf16: turned off). Prompts: the `env=math` preset's train problems
 of ptgym's task seeds for each step, rendered with the tokenizer's chat template (the script
 checks ptgym's prompt token ids equal TRL's ``apply_chat_template`` ids). TRL's reward is
 ``ptgym.envs.answer.check_answer``, which is what Math-v0 computes.
@@ -76,13 +76,13 @@ def ensure_trl(venv: Path, version: str) -> Path:
 def make_spec(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Model folder, prompts of every step (ptgym's task seeds), and the shared settings."""
     from ptgym.agents.models import pull_model
-    from ptgym.build import task_seeds
-    from ptgym.config import RolloutConfig
-    from ptgym.envs.math import MathEnv
+    from ptgym.build import env_factory, task_seeds
+    from ptgym.config import TrainCommand, compose
 
     steps = args.warmup + args.steps
-    rollout = RolloutConfig(tasks=TASKS, group=GROUP)
-    env = MathEnv(split="train")
+    cfg = compose(TrainCommand, ["env=math", f"rollout.tasks={TASKS}", f"rollout.group={GROUP}"])
+    rollout = cfg.rollout
+    env = env_factory(cfg.env, split="train")[1]()  # the preset's generators, as ptgym trains
     prompts = []
     for step in range(steps):
         for seed in task_seeds(rollout, step):

@@ -11,7 +11,7 @@ sampled tokens, ``timeout_s`` wall time. An exception inside an env, or ``info["
 trajectory ``error`` (infrastructure failure): the trainer drops it instead of scoring it 0.
 
 Reproducible despite timing: which episodes share a ``generate`` call depends on which envs happen
-to answer within ``GATHER_WAIT_S``, so each turn gets its own sampling seed (``turn_seed``: the
+to answer within the gather window (below), so each turn gets its own sampling seed (``turn_seed``: the
 collector's ``seed``, the policy version, the task seed, the episode's place in the batch, the turn)
 and the backend samples each prompt from its own seed only (``backend.py``'s seeding contract).
 The same config, seed and weights sample the same tokens however the batches were split.
@@ -33,7 +33,13 @@ from ptgym.agents.backend import Backend, SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.types import Action, Trajectory, Turn
 
-GATHER_WAIT_S = 0.02  # after the first env answers, wait this long for others to batch with it
+# After the first env answers, the collector waits for the others so that they share one generate
+# call: a batch split in two costs a second full decode. It waits at most GATHER_SHARE of the last
+# generate call's time (a first call is guessed to take FIRST_GENERATE_S), and never less than
+# GATHER_MIN_S; it stops waiting as soon as every pending env has answered.
+GATHER_MIN_S = 0.02
+GATHER_SHARE = 0.25
+FIRST_GENERATE_S = 2.0
 
 
 @dataclass
@@ -71,6 +77,7 @@ class CollectStats:
     generation: float = 0.0  # inside backend.generate
     env_wait: float = 0.0  # waiting for env steps with nothing to generate
     generated_tokens: int = 0
+    generate_calls: int = 0  # backend.generate calls: fewer, fuller batches decode faster
     episodes: int = 0
 
     def as_metrics(self) -> dict[str, float]:
@@ -83,6 +90,7 @@ class CollectStats:
             "perf/rollout_other_share": other / t,
             "perf/gen_tokens_per_s": self.generated_tokens / max(self.generation, 1e-9),
             "perf/episodes_per_s": self.episodes / t,
+            "perf/generate_calls": float(self.generate_calls),
         }
 
 
@@ -120,6 +128,7 @@ class Collector:
         self._envs: list[gymnasium.Env] = []
         self._pool = cf.ThreadPoolExecutor(max_workers=env_workers, thread_name_prefix="ptgym-env")
         self.stats = CollectStats()
+        self._last_generate_s = FIRST_GENERATE_S
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -163,10 +172,14 @@ class Collector:
     def _run(self, episodes: list[_Episode]) -> None:
         while True:
             waiting = [ep.pending for ep in episodes if ep.pending is not None]
-            if waiting and not any(f.done() for f in waiting):
+            if waiting and not all(f.done() for f in waiting):
                 t0 = time.perf_counter()
-                cf.wait(waiting, return_when=cf.FIRST_COMPLETED)
-                cf.wait(waiting, timeout=GATHER_WAIT_S)
+                if all(ep.done or ep.pending is not None for ep in episodes) and not any(
+                    f.done() for f in waiting
+                ):
+                    cf.wait(waiting, return_when=cf.FIRST_COMPLETED)  # nothing to generate yet
+                gather_s = max(GATHER_MIN_S, GATHER_SHARE * self._last_generate_s)
+                cf.wait(waiting, timeout=gather_s)  # returns as soon as all have answered
                 self.stats.env_wait += time.perf_counter() - t0
             for ep in episodes:
                 if ep.pending is not None and ep.pending.done():
@@ -209,6 +222,8 @@ class Collector:
             completions = self.backend.generate([ep.prompt for ep in eps], params, seeds=seeds)
             dt = time.perf_counter() - t0
             self.stats.generation += dt
+            self.stats.generate_calls += 1
+            self._last_generate_s = dt
             for ep, c in zip(eps, completions, strict=True):
                 self.stats.generated_tokens += len(c.token_ids)
                 turn = Turn(prompt_ids=ep.prompt, completion_ids=c.token_ids,

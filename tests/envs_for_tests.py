@@ -55,7 +55,7 @@ class EchoEnv(TextEnv):
 
 class SlowEnv(EchoEnv):
     """``EchoEnv`` whose ``step`` sleeps ``delays.get(seed, 0)`` seconds (only in its first
-    ``slow_steps`` steps when given).
+    ``slow_steps`` steps when given), and whose ``reset`` sleeps ``reset_delays.get(seed, 0)``.
 
     ``log`` (shared by all instances made with the same list) gets ``(seed, start, end)`` in
     ``time.perf_counter`` seconds for every step.
@@ -66,9 +66,15 @@ class SlowEnv(EchoEnv):
         delays: dict[int, float],
         log: list[tuple[int, float, float]],
         slow_steps: int | None = None,
+        reset_delays: dict[int, float] | None = None,
     ):
         super().__init__()
         self.delays, self.log, self.slow_steps = delays, log, slow_steps
+        self.reset_delays = reset_delays or {}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        time.sleep(self.reset_delays.get(seed, 0.0))
+        return super().reset(seed=seed, options=options)
 
     def step(self, action: str | Action) -> StepResult:
         start = time.perf_counter()

@@ -145,7 +145,7 @@ def test_row_sampler_draws_from_the_truncated_tempered_softmax(top_k, top_p, kep
         SamplingParams(temperature=0.7, top_k=top_k, top_p=top_p),
         [torch.Generator().manual_seed(s) for s in range(rows)],
     )
-    drawn = sampler(torch.zeros((rows, 1), dtype=torch.long), scores).argmax(dim=-1)
+    drawn = sampler(scores).argmax(dim=-1)
     assert torch.equal(scores, before)  # the raw logits kept for logprobs are not modified
     freq = torch.bincount(drawn, minlength=4).double() / rows
     expected = torch.zeros(4, dtype=torch.double)

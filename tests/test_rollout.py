@@ -131,6 +131,23 @@ def test_generation_goes_on_for_other_episodes_while_one_env_is_slow(tiny):
     assert stats.env_wait >= slow_end - fast_done - 0.05  # then only the slow env was left
 
 
+def test_envs_that_answer_at_different_times_still_share_one_generate_call(tiny):
+    """Resets finishing 0-300 ms apart are gathered into one batch (a split batch would cost a
+    second full decode); a step 2 s slower than the others is not waited for."""
+    backend = RecordingBackend(tiny[0])
+    delays = {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3}
+    trajs, stats = collect(
+        backend,
+        tiny[1],
+        lambda: SlowEnv({3: 2.0}, [], slow_steps=1, reset_delays=delays),
+        Budget(max_turns=2),
+        [0, 1, 2, 3],
+    )
+    assert [len(c.prompts) for c in backend.calls] == [4, 3, 1]
+    assert stats.generate_calls == 3 and stats.as_metrics()["perf/generate_calls"] == 3
+    assert all(len(t.turns) == 2 for t in trajs)
+
+
 def test_an_env_that_raises_fails_only_its_own_trajectory(tiny):
     trajs, _ = collect(*tiny, lambda: FailingEnv(raise_on=[1]), Budget(max_turns=1), [0, 1, 2])
     ok0, failed, ok2 = trajs
