@@ -1,7 +1,9 @@
 """ptgym's GRPO step against TRL's ``GRPOTrainer``: same model, LoRA, prompts, batch, lengths.
 
 One invocation runs both, one after the other (never at once: they would share the CPU cores),
-each in a fresh process with ``torch.set_num_threads(--threads)``:
+each in a fresh process with ``torch.set_num_threads(--threads)``, ``--rounds`` times in ABBA order
+(TRL, ptgym, ptgym, TRL): the speed of a shared machine drifts by tens of percent within minutes,
+and the alternation spreads that drift over both sides. Medians pool the rounds' measured steps.
 
 - TRL, in its own virtual environment (``--venv``, made with ``--system-site-packages`` so it
   reuses the installed torch/transformers/peft; ``pip install trl==--trl-version`` the first time);
@@ -26,7 +28,7 @@ Step time: ptgym's ``perf/step_s`` (collect + update; the final checkpoint is ou
 time from ``on_step_begin`` to ``on_step_end`` (generation, reward, loss, optimizer step), with
 its own ``step_time`` log as a cross-check. The first ``--warmup`` steps are not counted.
 
-    python bench/bench_trl.py [--steps 4] [--warmup 1] [--threads 2] [--only ptgym|trl]
+    python bench/bench_trl.py [--steps 4] [--warmup 1] [--rounds 2] [--threads 2] [--only ptgym|trl]
 """
 
 from __future__ import annotations
@@ -319,6 +321,15 @@ def _summary(side: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def merge_rounds(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """One side's measured steps of every round in one list (each round's warm-up dropped)."""
+    merged = {**runs[0], "steps": [step for run in runs for step in run["steps"][warmup:]]}
+    if "prompts" in runs[0]:  # ptgym's check of its prompt ids against TRL's template
+        merged["prompts"] = sum(run["prompts"] for run in runs)
+        merged["prompts_identical"] = sum(run["prompts_identical"] for run in runs)
+    return merged
+
+
 def report(spec: dict[str, Any], res: dict[str, Any], loads: list[tuple[float, ...]]) -> None:
     """Medians over the measured steps, side by side; ratios when both sides ran.
 
@@ -329,7 +340,8 @@ def report(spec: dict[str, Any], res: dict[str, Any], loads: list[tuple[float, .
     print(
         f"\nload average (1/5/15 min) at start and after each side: "
         f"{'; '.join(_join(load, '.2f') for load in loads)}; "
-        f"threads {spec['threads']}; measured steps {spec['steps'] - w} (after {w} warm-up)"
+        f"threads {spec['threads']}; {spec['rounds']} round(s) of {spec['steps']} measured steps "
+        "(each after its warm-up)"
     )
     if "ptgym" in res:
         print(
@@ -389,6 +401,9 @@ def main() -> None:
         help="results folder (a fresh subfolder per run)",
     )
     parser.add_argument("--only", choices=["ptgym", "trl"], help="run one side only")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="runs of each side, in ABBA order (TRL, ptgym, ...)"
+    )
     parser.add_argument("--worker", choices=["ptgym", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -409,16 +424,23 @@ def main() -> None:
     (out / "spec.json").write_text(json.dumps(spec, indent=1))
     loads = [os.getloadavg()]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    results = {}
-    for side in sides:
-        print(f"--- {side} ({pythons[side]})", flush=True)
-        subprocess.run(
-            [str(pythons[side]), __file__, "--worker", side, "--spec", str(out / "spec.json")],
-            check=True,
-            env=env,
-        )
-        results[side] = json.loads((out / f"{side}.json").read_text())
-        loads.append(os.getloadavg())
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        # ABBA order (TRL, ptgym, ptgym, TRL, ...): a machine that speeds up or slows down during
+        # the run weighs on both sides alike.
+        order = sides if r % 2 == 0 else sides[::-1]
+        spec_r = {**spec, "out": str(out / f"round-{r}")}
+        Path(spec_r["out"]).mkdir()
+        (out / f"spec-{r}.json").write_text(json.dumps(spec_r, indent=1))
+        rounds.append({})
+        for side in order:
+            print(f"--- round {r + 1}/{args.rounds}: {side} ({pythons[side]})", flush=True)
+            worker = ["--worker", side, "--spec", str(out / f"spec-{r}.json")]
+            subprocess.run([str(pythons[side]), __file__, *worker], check=True, env=env)
+            rounds[-1][side] = json.loads((Path(spec_r["out"]) / f"{side}.json").read_text())
+            loads.append(os.getloadavg())
+    results = {side: merge_rounds([r[side] for r in rounds], spec["warmup"]) for side in sides}
+    spec = {**spec, "warmup": 0, "steps": spec["steps"] - spec["warmup"], "rounds": args.rounds}
     report(spec, results, loads)
     print(f"results: {out}")
 
