@@ -108,24 +108,6 @@ def row_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None) -> li
     return [params.seed + i for i in range(n)]
 
 
-def stop_index(text_of: Any, n: int, stop: Sequence[str]) -> int | None:
-    """The smallest k such that the text of the first k tokens contains a stop string, else None.
-
-    ``text_of(k)`` decodes the first k tokens. Containment only grows with k, so a binary search
-    needs O(log n) decodes. Shared by backends that apply stop strings themselves.
-    """
-    if not stop or not any(s in text_of(n) for s in stop):
-        return None
-    lo, hi = 1, n  # invariant: text_of(hi) contains a stop string
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if any(s in text_of(mid) for s in stop):
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi
-
-
 def check_prompts(prompts: list[Sequence[int]]) -> None:
     """Every backend's precondition: each prompt has at least one token."""
     if any(len(p) == 0 for p in prompts):

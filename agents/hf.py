@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from .backend import Completion, SamplingParams, check_prompts, row_seeds, stop_index
+from .backend import Completion, SamplingParams, check_prompts, row_seeds
 
 SEED_BOUND = 2**63 - 1  # rows without a seed draw one below this from the global RNG
 
@@ -170,6 +170,7 @@ class HFBackend:
         running = list(range(len(prompts)))  # batch position -> row
         ids: list[list[int]] = [[] for _ in prompts]
         logprobs: list[list[float]] = [[] for _ in prompts]
+        finish = ["length"] * len(prompts)  # until the row samples EOS or completes a stop string
         for step in range(params.max_new_tokens):
             scores = logits.float()  # (b, V)
             chosen = (sampler(scores) if sampler else scores).argmax(dim=-1)  # (b,)
@@ -180,7 +181,9 @@ class HFBackend:
             ):
                 ids[row].append(token)
                 logprobs[row].append(lp)
-                if not self._finished(ids[row], params):
+                if self._finished(ids[row], params):
+                    finish[row] = "stop"
+                else:
                     keep.append(at)
             if not keep or step + 1 == params.max_new_tokens:
                 break
@@ -201,8 +204,13 @@ class HFBackend:
                 **{self._cache_keyword: cache},
             ).logits[:, -1]
         return [
-            self._cut(row_ids, np.asarray(row_lps, dtype=np.float32), params)
-            for row_ids, row_lps in zip(ids, logprobs, strict=True)
+            Completion(
+                row_ids,
+                np.asarray(row_lps, dtype=np.float32),
+                reason,
+                self.tokenizer.decode(row_ids, skip_special_tokens=True),
+            )
+            for row_ids, row_lps, reason in zip(ids, logprobs, finish, strict=True)
         ]
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, Any, Any, Any]:
@@ -228,28 +236,11 @@ class HFBackend:
         return out.logits[:, -1], cache, mask, position[:, -1]
 
     def _finished(self, ids: list[int], params: SamplingParams) -> bool:
-        """EOS sampled, or the completion's text now contains a stop string (decoded exactly
-        as ``_cut`` decodes, so both agree on where the completion ends)."""
+        """EOS sampled, or the completion's text now contains a stop string. Checked after every
+        token, so a row ends at the token that completes the stop string, which is kept."""
         if ids[-1] in self.eos_ids:
             return True
         if not params.stop:
             return False
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return any(s in text for s in params.stop)
-
-    def _cut(self, ids: list[int], logprobs: Any, params: SamplingParams) -> Completion:
-        """Keep one row up to and including its EOS or the token completing a stop string;
-        what follows is padding that ``generate`` added after the row finished."""
-        end = next((i + 1 for i, tok in enumerate(ids) if tok in self.eos_ids), None)
-        searched = end - 1 if end is not None else len(ids)
-        k = stop_index(
-            lambda n: self.tokenizer.decode(ids[:n], skip_special_tokens=True),
-            searched,
-            params.stop,
-        )
-        if k is not None:
-            end = k
-        finish = "stop" if end is not None else "length"
-        end = end if end is not None else len(ids)
-        text = self.tokenizer.decode(ids[:end], skip_special_tokens=True)
-        return Completion(ids[:end], logprobs[:end], finish, text)

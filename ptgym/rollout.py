@@ -11,9 +11,10 @@ sampled tokens, ``timeout_s`` wall time. An exception inside an env, or ``info["
 trajectory ``error`` (infrastructure failure): the trainer drops it instead of scoring it 0.
 
 Reproducible despite timing: which episodes share a ``generate`` call depends on which envs happen
-to answer within the gather window (below), so each turn gets its own sampling seed (``turn_seed``: the
-collector's ``seed``, the policy version, the task seed, the episode's place in the batch, the turn)
-and the backend samples each prompt from its own seed only (``backend.py``'s seeding contract).
+to answer within the gather window (below), so each turn gets its own sampling seed
+(``turn_seed``: the collector's ``seed``, the policy version, the task seed, the episode's place in
+the batch, the turn) and the backend samples each prompt from its own seed only (``backend.py``'s
+seeding contract).
 The same config, seed and weights sample the same tokens however the batches were split.
 """
 
