@@ -86,7 +86,9 @@ class DigitsEnv(TextEnv):
             raise ValueError(f"op must be 'sum' or 'copy', got {op!r}")
         needed = ["{a}", "{b}"] if op == "sum" else ["{a}"]
         if any(n not in prompt for n in needed):
-            raise ValueError(f"prompt must contain {' and '.join(needed)} for op={op}, got {prompt!r}")
+            raise ValueError(
+                f"prompt must contain {' and '.join(needed)} for op={op}, got {prompt!r}"
+            )
         self.op = op
         self.operands = operands
         self.prompt = prompt

@@ -9,4 +9,14 @@ from ptgym.registry import make, register, specs
 from ptgym.types import Action, Message, ToolCall, Trajectory, Turn
 
 __version__ = "0.1.0"
-__all__ = ["Action", "Message", "TextEnv", "ToolCall", "Trajectory", "Turn", "make", "register", "specs"]
+__all__ = [
+    "Action",
+    "Message",
+    "TextEnv",
+    "ToolCall",
+    "Trajectory",
+    "Turn",
+    "make",
+    "register",
+    "specs",
+]

@@ -88,13 +88,25 @@ def make_collector(
     from ptgym.agents.chat import ChatRenderer
 
     env_id, factory = env_factory(env, split=split)
-    params = SamplingParams(max_new_tokens=sampling.max_new_tokens,
-                            temperature=sampling.temperature, top_p=sampling.top_p,
-                            top_k=sampling.top_k)
+    params = SamplingParams(
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+    )
     budget = Budget(rollout.max_turns, rollout.max_tokens, rollout.episode_timeout_s)
-    return Collector(backend, ChatRenderer(tokenizer), factory, params, budget, env_id=env_id,
-                     model_name=model_name, env_workers=rollout.env_workers,
-                     batch_size=rollout.batch_size, seed=rollout.seed)
+    return Collector(
+        backend,
+        ChatRenderer(tokenizer),
+        factory,
+        params,
+        budget,
+        env_id=env_id,
+        model_name=model_name,
+        env_workers=rollout.env_workers,
+        batch_size=rollout.batch_size,
+        seed=rollout.seed,
+    )
 
 
 def task_seeds(rollout: RolloutConfig, batch: int) -> list[int]:

@@ -35,8 +35,11 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -50,8 +53,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: Any, optimizer: Any, scheduler: Any,
-                    *, keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, policy: Any, optimizer: Any, scheduler: Any, *, keep: int = 2
+) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
@@ -68,8 +72,15 @@ def save_checkpoint(run_dir: Path, step: int, policy: Any, optimizer: Any, sched
         policy.tokenizer.save_pretrained(tmp / "model")
     trainable = {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad}
     torch.save(trainable, tmp / "trainable.pt")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+        },
+        tmp / "state.pt",
+    )
     _fsync_tree(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -89,7 +100,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.exists():
         return []
     done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "state.pt").exists()]
-    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def load_checkpoint(path: Path, policy: Any, optimizer: Any, scheduler: Any) -> int:

@@ -56,11 +56,21 @@ def describe(schema: type, prefix: str = "") -> list[str]:
 def config_epilog(schema: type) -> str:
     groups = [f"  {g}=  {', '.join(C.group_choices(g))}" for g in C.valid_groups(schema)]
     groups[0] += "  (or any env from `ptgym envs list`)" if groups else ""
-    aliases = [f"{k} -> {v}" for k, v in C.ALIASES.items() if v.split(".")[0] in
-               {f.name for f in fields(schema)}]
+    aliases = [
+        f"{k} -> {v}"
+        for k, v in C.ALIASES.items()
+        if v.split(".")[0] in {f.name for f in fields(schema)}
+    ]
     return "\n".join(
-        ["config groups:", *groups, "", "short keys: " + ", ".join(aliases), "", "config keys:",
-         *describe(schema)]
+        [
+            "config groups:",
+            *groups,
+            "",
+            "short keys: " + ", ".join(aliases),
+            "",
+            "config keys:",
+            *describe(schema),
+        ]
     )
 
 
@@ -168,7 +178,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _config_command(sub: Any, name: str, schema: type, help: str, fn: Any) -> None:
     p = sub.add_parser(
-        name, help=help, description=help, epilog=config_epilog(schema),
+        name,
+        help=help,
+        description=help,
+        epilog=config_epilog(schema),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -183,17 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _config_command(sub, "train", C.TrainCommand,
-                    "train a policy with GRPO or PPO on an env", cmd_train)
-    _config_command(sub, "rollout", C.RolloutCommand,
-                    "collect trajectories from a model in an env into a run directory", cmd_rollout)
-    _config_command(sub, "eval", C.EvalCommand,
-                    "evaluate a model on held-out tasks: mean reward, pass@1, pass@k", cmd_eval)
+    _config_command(
+        sub, "train", C.TrainCommand, "train a policy with GRPO or PPO on an env", cmd_train
+    )
+    _config_command(
+        sub,
+        "rollout",
+        C.RolloutCommand,
+        "collect trajectories from a model in an env into a run directory",
+        cmd_rollout,
+    )
+    _config_command(
+        sub,
+        "eval",
+        C.EvalCommand,
+        "evaluate a model on held-out tasks: mean reward, pass@1, pass@k",
+        cmd_eval,
+    )
 
     envs = sub.add_parser("envs", help="list or scaffold environments")
     envs_sub = envs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    envs_sub.add_parser("list", help="every registered env: built-in, entry points, code").set_defaults(
-        fn=cmd_envs_list)
+    envs_sub.add_parser(
+        "list", help="every registered env: built-in, entry points, code"
+    ).set_defaults(fn=cmd_envs_list)
     new = envs_sub.add_parser("new", help="write a pip-installable package with a custom env")
     new.add_argument("name", help="env short name, e.g. my-env")
     new.add_argument("--dir", default=".", help="where to create the package (default: .)")
@@ -202,9 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", help="build and manage the Docker code sandbox")
     sb.add_argument("action", choices=["build", "ps", "prune"])
     sb.add_argument("--force", action="store_true", help="build: rebuild even if the image exists")
-    sb.add_argument("--base", default=None,
-                    help="build: a base image (e.g. python:3.11-slim) when a registry is reachable; "
-                    "default: a Debian rootfs made with debootstrap (works offline)")
+    sb.add_argument(
+        "--base",
+        default=None,
+        help="build: a base image (e.g. python:3.11-slim) when a registry is reachable; "
+        "default: a Debian rootfs made with debootstrap (works offline)",
+    )
     sb.set_defaults(fn=cmd_sandbox)
 
     md = sub.add_parser("models", help="fetch the embedded default model; list cached models")
@@ -234,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ptgym {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nptgym {args.command}: interrupted; everything written so far is kept",
-              file=sys.stderr)
+        print(
+            f"\nptgym {args.command}: interrupted; everything written so far is kept",
+            file=sys.stderr,
+        )
         return 130
 
 

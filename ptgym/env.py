@@ -32,9 +32,7 @@ class Messages(spaces.Space[list]):
 
     def contains(self, x: Any) -> bool:
         return isinstance(x, list) and all(
-            isinstance(m, dict)
-            and m.get("role") in ROLES
-            and isinstance(m.get("content", ""), str)
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content", ""), str)
             for m in x
         )
 

@@ -52,15 +52,20 @@ def score(trajs: list[Trajectory], k: int) -> dict[str, float]:
 def _load(cfg: RolloutCommand) -> tuple[Any, Any]:
     from ptgym.agents.models import load_model
 
-    model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
-                                  chat_template=cfg.model.chat_template)
+    model, tokenizer = load_model(
+        cfg.model.name,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        chat_template=cfg.model.chat_template,
+    )
     if cfg.model.adapter:
         from peft import PeftModel
 
         if not (Path(cfg.model.adapter) / "adapter_config.json").exists():
             raise FileNotFoundError(
                 f"model.adapter={cfg.model.adapter} holds no adapter_config.json; point it at a "
-                "checkpoint's adapter folder, e.g. runs/NAME/checkpoints/step-000020/adapter")
+                "checkpoint's adapter folder, e.g. runs/NAME/checkpoints/step-000020/adapter"
+            )
         model = PeftModel.from_pretrained(model, cfg.model.adapter).merge_and_unload()
     return model, tokenizer
 
@@ -71,8 +76,15 @@ def _collect(cfg: RolloutCommand, desc: str) -> tuple[Path, list[Trajectory]]:
     atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
     model, tokenizer = _load(cfg)
     backend = make_backend(cfg.rollout, model, tokenizer, cfg.model.name)
-    collector = make_collector(backend, tokenizer, cfg.env, cfg.sampling, cfg.rollout,
-                               model_name=cfg.model.name, split=cfg.split)
+    collector = make_collector(
+        backend,
+        tokenizer,
+        cfg.env,
+        cfg.sampling,
+        cfg.rollout,
+        model_name=cfg.model.name,
+        split=cfg.split,
+    )
     store = TrajectoryStore(run)
     # Tasks go in chunks of batch_size episodes, so the progress bar moves and a crash keeps
     # every finished chunk on disk.
@@ -80,12 +92,12 @@ def _collect(cfg: RolloutCommand, desc: str) -> tuple[Path, list[Trajectory]]:
     offset = TEST_SEED_OFFSET if cfg.split == "test" else 0
     seeds = [s + offset for s in task_seeds(cfg.rollout, 0)]
     trajs: list[Trajectory] = []
-    bar = tqdm(total=len(seeds) * cfg.rollout.group, desc=desc, unit="episode",
-               dynamic_ncols=True)
+    bar = tqdm(total=len(seeds) * cfg.rollout.group, desc=desc, unit="episode", dynamic_ncols=True)
     try:
         for i in range(0, len(seeds), per_chunk):
-            chunk = collector.collect(seeds[i: i + per_chunk], cfg.rollout.group,
-                                      group_prefix=f"{i}+")
+            chunk = collector.collect(
+                seeds[i : i + per_chunk], cfg.rollout.group, group_prefix=f"{i}+"
+            )
             store.extend(chunk)
             trajs.extend(chunk)
             bar.update(len(chunk))
@@ -104,8 +116,10 @@ def run_rollout_command(cfg: RolloutCommand) -> dict[str, float]:
     summary = rollout_metrics(trajs)
     summary["perf/seconds"] = time.perf_counter() - t0
     atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=2).encode())
-    print(f"{len(trajs)} trajectories -> {run}/trajectories  "
-          f"reward {summary.get('reward/mean', float('nan')):.3f}")
+    print(
+        f"{len(trajs)} trajectories -> {run}/trajectories  "
+        f"reward {summary.get('reward/mean', float('nan')):.3f}"
+    )
     return summary
 
 
@@ -115,12 +129,15 @@ def run_eval_command(cfg: EvalCommand) -> dict[str, float]:
     summary = score(trajs, cfg.rollout.group)
     summary["perf/seconds"] = time.perf_counter() - t0
     atomic_write_bytes(run / "eval.json", json.dumps(summary, indent=2).encode())
-    keys = ["reward/mean", "eval/pass@1"] + [k for k in summary if k.startswith("eval/pass@")
-                                              and k != "eval/pass@1"]
+    keys = ["reward/mean", "eval/pass@1"] + [
+        k for k in summary if k.startswith("eval/pass@") and k != "eval/pass@1"
+    ]
     keys += ["rollout/turns", "rollout/response_tokens", "rollout/error_frac"]
     width = max(len(k) for k in keys)
-    print(f"eval of {cfg.model.name} on {cfg.env.name}: {int(summary.get('eval/tasks', 0))} tasks"
-          f" x {cfg.rollout.group} samples -> {run}")
+    print(
+        f"eval of {cfg.model.name} on {cfg.env.name}: {int(summary.get('eval/tasks', 0))} tasks"
+        f" x {cfg.rollout.group} samples -> {run}"
+    )
     for k in keys:
         if k in summary:
             print(f"  {k:<{width}}  {summary[k]:.4f}")

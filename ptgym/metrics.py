@@ -20,7 +20,9 @@ METRICS_FILE = "metrics.msgpack"
 class MetricsLogger:
     """Writes one record per step; mirrors to TensorBoard and W&B when asked."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = False, wandb: dict | None = None):
+    def __init__(
+        self, run_dir: str | Path, *, tensorboard: bool = False, wandb: dict | None = None
+    ):
         self.run_dir = Path(run_dir)
         self._writer = RecordWriter(self.run_dir / METRICS_FILE)
         self._tb = None

@@ -29,8 +29,15 @@ class ForwardOut:
 
 
 class Policy(nn.Module):
-    def __init__(self, model: Any, tokenizer: Any, *, lora: LoraConfig, value_head: bool,
-                 need_reference: bool):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        lora: LoraConfig,
+        value_head: bool,
+        need_reference: bool,
+    ):
         super().__init__()
         self.tokenizer = tokenizer
         self.use_lora = lora.enabled
@@ -38,10 +45,16 @@ class Policy(nn.Module):
             from peft import LoraConfig as PeftLoraConfig
             from peft import get_peft_model
 
-            model = get_peft_model(model, PeftLoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
-            ))
+            model = get_peft_model(
+                model,
+                PeftLoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
         self.model = model
         self.value_head = nn.Linear(model.config.hidden_size, 1) if value_head else None
         if self.value_head is not None:
@@ -59,8 +72,15 @@ class Policy(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, *, temperature: float = 1.0,
-                with_entropy: bool = False, first: int = 1) -> ForwardOut:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        first: int = 1,
+    ) -> ForwardOut:
         """Logprobs (and entropy, values) of every token from position ``first`` on.
 
         ``first`` is the earliest position that holds a sampled token in this batch: the
@@ -69,9 +89,13 @@ class Policy(nn.Module):
         """
         T = input_ids.shape[1]
         first = max(1, min(first, T - 1))
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=self.value_head is not None, use_cache=False,
-                         logits_to_keep=T - first + 1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=self.value_head is not None,
+            use_cache=False,
+            logits_to_keep=T - first + 1,
+        )
         logits = _scaled(out.logits[:, :-1].float(), temperature)  # (B, T-first, V)
         logprobs = _left_pad(token_logprobs(logits, input_ids[:, first:]), first)  # (B, T)
         entropy = None
@@ -86,13 +110,18 @@ class Policy(nn.Module):
         return ForwardOut(logprobs, entropy, values)
 
     @torch.no_grad()
-    def reference_logprobs(self, input_ids: Tensor, attention_mask: Tensor, *,
-                           temperature: float = 1.0, first: int = 1) -> Tensor:
+    def reference_logprobs(
+        self, input_ids: Tensor, attention_mask: Tensor, *, temperature: float = 1.0, first: int = 1
+    ) -> Tensor:
         """Logprobs under the reference policy: adapters disabled, or the frozen copy."""
         T = input_ids.shape[1]
         first = max(1, min(first, T - 1))
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                      logits_to_keep=T - first + 1)
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=T - first + 1,
+        )
         if self._frozen_ref is not None:
             out = self._frozen_ref(**kwargs)
         else:
@@ -119,16 +148,20 @@ def _left_pad(x: Tensor, n: int) -> Tensor:
     return torch.cat([x.new_zeros(x.shape[0], n), x], dim=1)
 
 
-def build_policy(model_cfg: ModelConfig, lora: LoraConfig, *, value_head: bool,
-                 need_reference: bool) -> Policy:
+def build_policy(
+    model_cfg: ModelConfig, lora: LoraConfig, *, value_head: bool, need_reference: bool
+) -> Policy:
     from ptgym.agents.models import load_model
 
-    model, tokenizer = load_model(model_cfg.name, dtype=model_cfg.dtype, device=model_cfg.device,
-                                  chat_template=model_cfg.chat_template)
+    model, tokenizer = load_model(
+        model_cfg.name,
+        dtype=model_cfg.dtype,
+        device=model_cfg.device,
+        chat_template=model_cfg.chat_template,
+    )
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         if lora.enabled:  # frozen embeddings: checkpointed blocks still need inputs with grads
             model.enable_input_require_grads()
-    return Policy(model, tokenizer, lora=lora, value_head=value_head,
-                  need_reference=need_reference)
+    return Policy(model, tokenizer, lora=lora, value_head=value_head, need_reference=need_reference)

@@ -67,7 +67,9 @@ def register(
         _SHORT[short_name] = id
     if id in gymnasium.registry:
         del gymnasium.registry[id]
-    gymnasium.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs)
+    gymnasium.register(
+        id=id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs
+    )
     return spec
 
 
@@ -141,16 +143,37 @@ def specs() -> list[EnvSpec]:
 
 def _register_builtins() -> None:
     builtin = [
-        ("ptgym/Math-v0", "ptgym.envs.math:MathEnv", "math",
-         "Verifiable math: reasoning-gym problems, answers checked with math-verify", 16),
-        ("ptgym/Digits-v0", "ptgym.envs.digits:DigitsEnv", "digits",
-         "Toy task for learning tests: (a + b) mod 10 as one digit", 16),
-        ("ptgym/CodeTools-v0", "ptgym.envs.code_tools:CodeToolsEnv", "code-tools",
-         "HumanEval with tools (run_python, files, tests) in Docker sandboxes", 32),
+        (
+            "ptgym/Math-v0",
+            "ptgym.envs.math:MathEnv",
+            "math",
+            "Verifiable math: reasoning-gym problems, answers checked with math-verify",
+            16,
+        ),
+        (
+            "ptgym/Digits-v0",
+            "ptgym.envs.digits:DigitsEnv",
+            "digits",
+            "Toy task for learning tests: (a + b) mod 10 as one digit",
+            16,
+        ),
+        (
+            "ptgym/CodeTools-v0",
+            "ptgym.envs.code_tools:CodeToolsEnv",
+            "code-tools",
+            "HumanEval with tools (run_python, files, tests) in Docker sandboxes",
+            32,
+        ),
     ]
     for env_id, entry_point, short, desc, steps in builtin:
-        register(env_id, entry_point, short_name=short, description=desc, source="ptgym",
-                 max_episode_steps=steps)
+        register(
+            env_id,
+            entry_point,
+            short_name=short,
+            description=desc,
+            source="ptgym",
+            max_episode_steps=steps,
+        )
 
 
 _register_builtins()

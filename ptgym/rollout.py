@@ -155,8 +155,11 @@ class Collector:
         for i, seed in enumerate(seeds):
             for g in range(group):
                 traj = Trajectory(
-                    env_id=self.env_id, group_id=f"{group_prefix}{i}", seed=seed,
-                    model=self.model_name, policy_version=policy_version,
+                    env_id=self.env_id,
+                    group_id=f"{group_prefix}{i}",
+                    seed=seed,
+                    model=self.model_name,
+                    policy_version=policy_version,
                 )
                 traj.info["group_member"] = g
                 index = i * group + g
@@ -215,8 +218,9 @@ class Collector:
         for max_new, eps in by_budget.items():
             params = SamplingParams(**{**vars(self.sampling), "max_new_tokens": max_new})
             seeds = [
-                turn_seed(self.seed, ep.traj.policy_version, ep.traj.seed, ep.index,
-                          len(ep.traj.turns))
+                turn_seed(
+                    self.seed, ep.traj.policy_version, ep.traj.seed, ep.index, len(ep.traj.turns)
+                )
                 for ep in eps
             ]
             t0 = time.perf_counter()
@@ -227,9 +231,14 @@ class Collector:
             self._last_generate_s = dt
             for ep, c in zip(eps, completions, strict=True):
                 self.stats.generated_tokens += len(c.token_ids)
-                turn = Turn(prompt_ids=ep.prompt, completion_ids=c.token_ids,
-                            completion_logprobs=c.logprobs, text=c.text,
-                            finish_reason=c.finish_reason, gen_seconds=dt)
+                turn = Turn(
+                    prompt_ids=ep.prompt,
+                    completion_ids=c.token_ids,
+                    completion_logprobs=c.logprobs,
+                    text=c.text,
+                    finish_reason=c.finish_reason,
+                    gen_seconds=dt,
+                )
                 ep.traj.turns.append(turn)
                 ep.pending = self._pool.submit(self._step, ep, c)
 
@@ -249,8 +258,9 @@ class Collector:
 
     def _step(self, ep: _Episode, completion: Any) -> None:
         turn = ep.traj.turns[-1]
-        action = Action(completion.text, completion.token_ids, completion.logprobs,
-                        completion.finish_reason)
+        action = Action(
+            completion.text, completion.token_ids, completion.logprobs, completion.finish_reason
+        )
         t0 = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = ep.env.step(action)
@@ -272,12 +282,17 @@ class Collector:
             ep.traj.error = str(info["error"])
             self._finish(ep, truncated=True, reason="error")
         elif terminated or truncated:
-            self._finish(ep, terminated=bool(terminated), truncated=bool(truncated),
-                         reason="env" if terminated else "env_truncated")
+            self._finish(
+                ep,
+                terminated=bool(terminated),
+                truncated=bool(truncated),
+                reason="env" if terminated else "env_truncated",
+            )
         else:
             try:
                 ids, _extends = self.renderer.next_prompt(
-                    ep.prompt, completion.token_ids, history, list(obs), ep.tools)
+                    ep.prompt, completion.token_ids, history, list(obs), ep.tools
+                )
             except Exception as exc:  # a renderer failure is ours, not the model's
                 self._fail(ep, exc)
                 return
@@ -288,8 +303,9 @@ class Collector:
         ep.traj.info["traceback"] = traceback.format_exc(limit=5)
         self._finish(ep, truncated=True, reason="error")
 
-    def _finish(self, ep: _Episode, *, terminated: bool = False, truncated: bool = False,
-                reason: str) -> None:
+    def _finish(
+        self, ep: _Episode, *, terminated: bool = False, truncated: bool = False, reason: str
+    ) -> None:
         ep.traj.terminated = terminated
         ep.traj.truncated = truncated
         ep.traj.info["end"] = reason

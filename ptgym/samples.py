@@ -61,8 +61,9 @@ def _starts_with(prompt: np.ndarray, pieces: list[np.ndarray], length: int) -> b
 
 
 def _row(ti: int, ids: list, mask: list, logps: list, turns: list) -> Row:
-    return Row(ti, np.concatenate(ids), np.concatenate(mask), np.concatenate(logps),
-               np.concatenate(turns))
+    return Row(
+        ti, np.concatenate(ids), np.concatenate(mask), np.concatenate(logps), np.concatenate(turns)
+    )
 
 
 def collate(rows: list[Row], pad_id: int) -> dict[str, np.ndarray]:

@@ -63,8 +63,9 @@ def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
     for env_id in sorted({t.env_id for t in ok}):
         m[f"reward/mean/{env_id}"] = float(np.mean([t.reward for t in ok if t.env_id == env_id]))
     m["rollout/turns"] = float(np.mean([len(t.turns) for t in ok]))
-    m["rollout/response_tokens"] = float(np.mean(
-        [len(turn.completion_ids) for t in ok for turn in t.turns] or [0]))
+    m["rollout/response_tokens"] = float(
+        np.mean([len(turn.completion_ids) for t in ok for turn in t.turns] or [0])
+    )
     m["rollout/trajectory_tokens"] = float(np.mean([t.num_completion_tokens for t in ok]))
     m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
     return m
@@ -81,8 +82,10 @@ def passed(t: Trajectory) -> bool:
 def gpu_metrics() -> dict[str, float]:
     if not torch.cuda.is_available():
         return {}
-    return {"gpu/memory_allocated_gb": torch.cuda.memory_allocated() / 2**30,
-            "gpu/max_memory_allocated_gb": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "gpu/memory_allocated_gb": torch.cuda.memory_allocated() / 2**30,
+        "gpu/max_memory_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def _prepare_run_dir(cfg: TrainCommand) -> Path:
@@ -103,26 +106,43 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     run = _prepare_run_dir(cfg)
     seed_everything(cfg.trainer.seed)
     log(f"ptgym train: env={cfg.env.name} algo={cfg.algo.name} model={cfg.model.name} -> {run}")
-    policy = build_policy(cfg.model, cfg.lora, value_head=cfg.algo.name == "ppo",
-                          need_reference=cfg.algo.beta > 0)
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.trainer.lr,
-                                  weight_decay=cfg.trainer.weight_decay)
+    policy = build_policy(
+        cfg.model, cfg.lora, value_head=cfg.algo.name == "ppo", need_reference=cfg.algo.beta > 0
+    )
+    optimizer = torch.optim.AdamW(
+        policy.trainable_parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start = 0
     if cfg.resume and (found := ckpt.list_checkpoints(run)):
         start = ckpt.load_checkpoint(found[-1], policy, optimizer, scheduler)
         log(f"resumed from {found[-1]} (step {start})")
     backend = make_backend(cfg.rollout, policy.model, policy.tokenizer, cfg.model.name)
-    collector = make_collector(backend, policy.tokenizer, cfg.env, cfg.sampling, cfg.rollout,
-                               model_name=cfg.model.name, split="train")
+    collector = make_collector(
+        backend,
+        policy.tokenizer,
+        cfg.env,
+        cfg.sampling,
+        cfg.rollout,
+        model_name=cfg.model.name,
+        split="train",
+    )
     update = Update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
     store = TrajectoryStore(run)
-    metrics = MetricsLogger(run, tensorboard=cfg.log.tensorboard,
-                            wandb={"project": cfg.log.wandb_project, "dir": str(run)}
-                            if cfg.log.wandb else None)
+    metrics = MetricsLogger(
+        run,
+        tensorboard=cfg.log.tensorboard,
+        wandb={"project": cfg.log.wandb_project, "dir": str(run)} if cfg.log.wandb else None,
+    )
     last: dict[str, float] = {}
-    bar = tqdm(range(start, cfg.trainer.steps), initial=start, total=cfg.trainer.steps,
-               desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        range(start, cfg.trainer.steps),
+        initial=start,
+        total=cfg.trainer.steps,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     try:
         for step in bar:
             last = _one_step(step, cfg, policy, collector, update, store)
@@ -131,8 +151,9 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
             metrics.log(step + 1, last)
             bar.write(_console_line(step + 1, cfg.trainer.steps, last))
             if (step + 1) % cfg.trainer.save_every == 0 or step + 1 == cfg.trainer.steps:
-                ckpt.save_checkpoint(run, step + 1, policy, optimizer, scheduler,
-                                     keep=cfg.trainer.keep_checkpoints)
+                ckpt.save_checkpoint(
+                    run, step + 1, policy, optimizer, scheduler, keep=cfg.trainer.keep_checkpoints
+                )
     finally:
         bar.close()
         store.close()
@@ -141,11 +162,21 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     return last
 
 
-def _one_step(step: int, cfg: TrainCommand, policy: Any, collector: Any, update: Update,
-              store: TrajectoryStore) -> dict[str, float]:
+def _one_step(
+    step: int,
+    cfg: TrainCommand,
+    policy: Any,
+    collector: Any,
+    update: Update,
+    store: TrajectoryStore,
+) -> dict[str, float]:
     t0 = time.perf_counter()
-    trajs = collector.collect(task_seeds(cfg.rollout, step), cfg.rollout.group,
-                              policy_version=step, group_prefix=f"{step}/")
+    trajs = collector.collect(
+        task_seeds(cfg.rollout, step),
+        cfg.rollout.group,
+        policy_version=step,
+        group_prefix=f"{step}/",
+    )
     store.extend(trajs)
     t_rollout = time.perf_counter() - t0
     m = rollout_metrics(trajs)
@@ -159,16 +190,18 @@ def _one_step(step: int, cfg: TrainCommand, policy: Any, collector: Any, update:
     t_train = time.perf_counter() - t1
     total = time.perf_counter() - t0
     stats = collector.stats
-    m.update({
-        "perf/step_s": total,
-        "perf/train_s": t_train,
-        "perf/generation_frac": stats.generation / total,
-        "perf/env_frac": stats.env_wait / total,
-        "perf/train_frac": t_train / total,
-        "perf/other_frac": max(total - stats.generation - stats.env_wait - t_train, 0) / total,
-        "perf/tokens_per_s": stats.generated_tokens / total,
-        "perf/rollout_s": t_rollout,
-    })
+    m.update(
+        {
+            "perf/step_s": total,
+            "perf/train_s": t_train,
+            "perf/generation_frac": stats.generation / total,
+            "perf/env_frac": stats.env_wait / total,
+            "perf/train_frac": t_train / total,
+            "perf/other_frac": max(total - stats.generation - stats.env_wait - t_train, 0) / total,
+            "perf/tokens_per_s": stats.generated_tokens / total,
+            "perf/rollout_s": t_rollout,
+        }
+    )
     m.update(gpu_metrics())
     return m
 
@@ -177,8 +210,10 @@ def _console_line(step: int, steps: int, m: dict[str, float]) -> str:
     def f(key: str, fmt: str = ".3f") -> str:
         return format(m[key], fmt) if key in m else "-"
 
-    return (f"step {step}/{steps}  reward {f('reward/mean')}  pass {f('reward/pass_rate', '.2f')}"
-            f"  loss {f('loss/total', '.4f')}  kl {f('loss/approx_kl', '.4f')}"
-            f"  ent {f('loss/entropy', '.2f')}  len {f('rollout/response_tokens', '.0f')}"
-            f"  {f('perf/step_s', '.1f')}s (gen {f('perf/generation_frac', '.0%')},"
-            f" env {f('perf/env_frac', '.0%')}, train {f('perf/train_frac', '.0%')})")
+    return (
+        f"step {step}/{steps}  reward {f('reward/mean')}  pass {f('reward/pass_rate', '.2f')}"
+        f"  loss {f('loss/total', '.4f')}  kl {f('loss/approx_kl', '.4f')}"
+        f"  ent {f('loss/entropy', '.2f')}  len {f('rollout/response_tokens', '.0f')}"
+        f"  {f('perf/step_s', '.1f')}s (gen {f('perf/generation_frac', '.0%')},"
+        f" env {f('perf/env_frac', '.0%')}, train {f('perf/train_frac', '.0%')})"
+    )

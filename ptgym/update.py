@@ -49,8 +49,15 @@ class Batch:
 
 
 class Update:
-    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer, algo: AlgoConfig,
-                 trainer: TrainerConfig, sampling: SamplingConfig, rollout: RolloutConfig):
+    def __init__(
+        self,
+        policy: Policy,
+        optimizer: torch.optim.Optimizer,
+        algo: AlgoConfig,
+        trainer: TrainerConfig,
+        sampling: SamplingConfig,
+        rollout: RolloutConfig,
+    ):
         self.policy = policy
         self.optimizer = optimizer
         self.algo = algo
@@ -61,14 +68,18 @@ class Update:
         self.ppo = algo.name == "ppo"
         self.use_ref = algo.beta > 0
         device = policy.device
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
             else torch.autocast("cpu", enabled=False)
+        )
 
     # --- selection and credit assignment ----------------------------------------------------
 
     def select(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], dict[str, float]]:
         keep = A.select_trainable(
-            [t.reward for t in trajs], [t.group_id for t in trajs],
+            [t.reward for t in trajs],
+            [t.group_id for t in trajs],
             errors=[t.error is not None for t in trajs],
             drop_zero_variance=self.algo.dynamic_sampling,
         )
@@ -81,8 +92,9 @@ class Update:
         groups = [t.group_id for t in kept]
         scale = "std" if self.algo.scale_std else "none"
         if self.algo.credit == "turn":
-            return A.turn_advantages([t.turn_rewards for t in kept], groups,
-                                     gamma=self.algo.gamma, scale=scale)
+            return A.turn_advantages(
+                [t.turn_rewards for t in kept], groups, gamma=self.algo.gamma, scale=scale
+            )
         if self.algo.baseline == "rloo":
             return A.rloo_advantages(rewards, groups)
         return A.group_advantages(rewards, groups, scale=scale)
@@ -95,8 +107,15 @@ class Update:
         arrays = collate(rows, pad)
         dev = self.policy.device
         t = {k: torch.as_tensor(v, device=dev) for k, v in arrays.items()}
-        batch = Batch(t["input_ids"], t["attention_mask"], t["mask"], t["old_logprobs"],
-                      t["turn_index"], t["traj_index"], advantages=torch.zeros_like(t["mask"]))
+        batch = Batch(
+            t["input_ids"],
+            t["attention_mask"],
+            t["mask"],
+            t["old_logprobs"],
+            t["turn_index"],
+            t["traj_index"],
+            advantages=torch.zeros_like(t["mask"]),
+        )
         if self.use_ref:
             batch.ref_logprobs = self._no_grad_pass(batch, reference=True)
         if self.ppo:
@@ -113,13 +132,23 @@ class Update:
             for s in range(0, batch.input_ids.shape[0], mb):
                 b = batch.rows(slice(s, s + mb))
                 if reference:
-                    out.append(self.policy.reference_logprobs(
-                        b.input_ids, b.attention_mask, temperature=self.temperature,
-                        first=b.first))
+                    out.append(
+                        self.policy.reference_logprobs(
+                            b.input_ids,
+                            b.attention_mask,
+                            temperature=self.temperature,
+                            first=b.first,
+                        )
+                    )
                 else:
-                    out.append(self.policy(b.input_ids, b.attention_mask,
-                                           temperature=self.temperature,
-                                           first=b.first).values.float())
+                    out.append(
+                        self.policy(
+                            b.input_ids,
+                            b.attention_mask,
+                            temperature=self.temperature,
+                            first=b.first,
+                        ).values.float()
+                    )
         return torch.cat(out)
 
     def _gae(self, kept: list[Trajectory], batch: Batch) -> None:
@@ -130,11 +159,13 @@ class Update:
             turn_rewards[i, : len(t.turns)] = torch.tensor(t.turn_rewards)
         rewards = A.turn_end_rewards(turn_rewards[batch.traj_index], batch.turn_index)
         if batch.ref_logprobs is not None:
-            rewards = A.kl_penalised_rewards(rewards, batch.old_logprobs, batch.ref_logprobs,
-                                             batch.mask, beta=self.algo.beta)
+            rewards = A.kl_penalised_rewards(
+                rewards, batch.old_logprobs, batch.ref_logprobs, batch.mask, beta=self.algo.beta
+            )
         batch.old_values = self._no_grad_pass(batch, reference=False) * batch.mask
-        adv, batch.returns = A.gae(rewards, batch.old_values, batch.mask,
-                                   gamma=self.algo.gamma, lam=self.algo.lam)
+        adv, batch.returns = A.gae(
+            rewards, batch.old_values, batch.mask, gamma=self.algo.gamma, lam=self.algo.lam
+        )
         batch.advantages = A.normalize_advantages(adv, batch.mask)
 
     # --- optimisation -----------------------------------------------------------------------
@@ -170,28 +201,52 @@ class Update:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             totals["loss/grad_norm"] = totals.get("loss/grad_norm", 0.0) + float(grad_norm)
             self.optimizer.step()
-        return {**{k: v / self.algo.epochs for k, v in totals.items()},
-                "loss/ratio_max": ratio_max}
+        return {**{k: v / self.algo.epochs for k, v in totals.items()}, "loss/ratio_max": ratio_max}
 
     def _loss(self, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
         with self.autocast:
-            out = self.policy(b.input_ids, b.attention_mask, temperature=self.temperature,
-                              with_entropy=True, first=b.first)
+            out = self.policy(
+                b.input_ids,
+                b.attention_mask,
+                temperature=self.temperature,
+                with_entropy=True,
+                first=b.first,
+            )
         mask = b.mask
         if self.ppo:
-            loss, stats = L.ppo_policy_loss(out.logprobs, b.old_logprobs, b.advantages, mask,
-                                            clip=self.algo.clip_low, aggregate=self.aggregate,
-                                            norm=norm)
-            vloss, vstats = L.value_loss(out.values, b.old_values, b.returns, mask,
-                                         clip=self.algo.value_clip, aggregate=self.aggregate,
-                                         norm=norm)
+            loss, stats = L.ppo_policy_loss(
+                out.logprobs,
+                b.old_logprobs,
+                b.advantages,
+                mask,
+                clip=self.algo.clip_low,
+                aggregate=self.aggregate,
+                norm=norm,
+            )
+            vloss, vstats = L.value_loss(
+                out.values,
+                b.old_values,
+                b.returns,
+                mask,
+                clip=self.algo.value_clip,
+                aggregate=self.aggregate,
+                norm=norm,
+            )
             loss = loss + self.algo.vf_coef * vloss
             stats = {**stats, **vstats, "value_loss": vloss.detach()}
         else:
-            loss, stats = L.grpo_loss(out.logprobs, b.old_logprobs, b.advantages, mask,
-                                      clip_low=self.algo.clip_low, clip_high=self.algo.clip_high,
-                                      ref_logprobs=b.ref_logprobs, beta=self.algo.beta,
-                                      aggregate=self.aggregate, norm=norm)
+            loss, stats = L.grpo_loss(
+                out.logprobs,
+                b.old_logprobs,
+                b.advantages,
+                mask,
+                clip_low=self.algo.clip_low,
+                clip_high=self.algo.clip_high,
+                ref_logprobs=b.ref_logprobs,
+                beta=self.algo.beta,
+                aggregate=self.aggregate,
+                norm=norm,
+            )
         tokens = mask.sum().clamp(min=1)
         stats["entropy"] = (out.entropy * mask).sum() / tokens
         stats["total"] = loss.detach()

@@ -24,8 +24,13 @@ def make_policy(seed: int, *, lora: bool = True) -> Policy:
     """A policy whose adapters (and value head) are random, so a restore has something to do."""
     model, tokenizer = tiny_model_and_tokenizer()
     torch.manual_seed(seed)
-    policy = Policy(copy.deepcopy(model), tokenizer, lora=LoraConfig(enabled=lora, r=4, alpha=8),
-                    value_head=True, need_reference=False)
+    policy = Policy(
+        copy.deepcopy(model),
+        tokenizer,
+        lora=LoraConfig(enabled=lora, r=4, alpha=8),
+        value_head=True,
+        need_reference=False,
+    )
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name or name.startswith("value_head"):
@@ -108,7 +113,8 @@ def test_keep_deletes_the_oldest_checkpoints(tmp_path, keep, left):
         ckpt.save_checkpoint(tmp_path, step, policy, opt, sched, keep=keep)
     assert [int(p.name.split("-")[1]) for p in ckpt.list_checkpoints(tmp_path)] == left
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        f"step-{s:06d}" for s in left]
+        f"step-{s:06d}" for s in left
+    ]
 
 
 def test_adapter_is_peft_format_and_exports_to_a_plain_merged_model(tmp_path):
@@ -126,5 +132,6 @@ def test_adapter_is_peft_format_and_exports_to_a_plain_merged_model(tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(logprobs(merged, IDS), expected, rtol=0, atol=1e-5)
-    assert AutoTokenizer.from_pretrained(out)("hi")["input_ids"] == \
-        policy.tokenizer("hi")["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(out)("hi")["input_ids"] == policy.tokenizer("hi")["input_ids"]
+    )

@@ -42,21 +42,26 @@ def format_warm_start(out_dir, steps: int = 40, lr: float = 1e-2) -> str:
     torch.manual_seed(0)
     model, tok = load_model("tiny", device="cpu")
     tok.chat_template = BARE_TEMPLATE
-    policy = Policy(model, tok, lora=LoraConfig(enabled=False), value_head=False,
-                    need_reference=False)
+    policy = Policy(
+        model, tok, lora=LoraConfig(enabled=False), value_head=False, need_reference=False
+    )
     renderer = ChatRenderer(tok)
     env = DigitsEnv(op="copy", prompt=PROMPT, operands=OPERANDS)
-    prompts = [renderer.initial(env.reset(options={"index": i})[0], None) for i in range(env.num_tasks)]
+    prompts = [
+        renderer.initial(env.reset(options={"index": i})[0], None) for i in range(env.num_tasks)
+    ]
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     opt = torch.optim.AdamW(policy.trainable_parameters(), lr=lr)
     for _ in range(steps):
-        rows = [p + [random.choice(digits), tok.eos_token_id] for p in random.choices(prompts, k=32)]
+        rows = [
+            p + [random.choice(digits), tok.eos_token_id] for p in random.choices(prompts, k=32)
+        ]
         T = max(map(len, rows))
         ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])
         attn = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
         mask = torch.zeros(len(rows), T)
         for i, r in enumerate(rows):
-            mask[i, len(r) - 2: len(r)] = 1.0  # the digit and the EOS
+            mask[i, len(r) - 2 : len(r)] = 1.0  # the digit and the EOS
         out = policy(ids, attn, first=int(mask.any(0).nonzero()[0]))
         loss, _ = L.sft_loss(out.logprobs, mask)
         opt.zero_grad()
@@ -73,12 +78,23 @@ def warm_model(tmp_path_factory):
 
 
 def _run(tmp_path, warm_model, *extra: str) -> list[dict]:
-    cfg = compose(TrainCommand, [
-        "env=digits", f"model={warm_model}", "lora.enabled=false", "model.device=cpu",
-        "env.kwargs={op: copy, operands: " + str(OPERANDS) + ", prompt: '" + PROMPT + "'}",
-        "sampling.max_new_tokens=2", "tasks=16", "group=16", "trainer.micro_batch=128",
-        "trainer.save_every=1000", f"out={tmp_path / 'run'}", *extra,
-    ])
+    cfg = compose(
+        TrainCommand,
+        [
+            "env=digits",
+            f"model={warm_model}",
+            "lora.enabled=false",
+            "model.device=cpu",
+            "env.kwargs={op: copy, operands: " + str(OPERANDS) + ", prompt: '" + PROMPT + "'}",
+            "sampling.max_new_tokens=2",
+            "tasks=16",
+            "group=16",
+            "trainer.micro_batch=128",
+            "trainer.save_every=1000",
+            f"out={tmp_path / 'run'}",
+            *extra,
+        ],
+    )
     cfg.model.chat_template = BARE_TEMPLATE
     train(cfg, log=lambda *_: None)
     return read_metrics(tmp_path / "run")
@@ -86,7 +102,7 @@ def _run(tmp_path, warm_model, *extra: str) -> list[dict]:
 
 def _smoothed(metrics: list[dict], key: str = "reward/mean", window: int = 3) -> list[float]:
     r = [m[key] for m in metrics]
-    return [sum(r[i: i + window]) / window for i in range(len(r) - window + 1)]
+    return [sum(r[i : i + window]) / window for i in range(len(r) - window + 1)]
 
 
 @pytest.mark.slow
@@ -96,14 +112,17 @@ def test_grpo_learns_digits_from_chance(tmp_path, warm_model):
     assert first < 0.3, f"the warm-started policy should be near chance (0.1), got {first}"
     best = max(_smoothed(metrics))
     assert best >= 0.9, f"GRPO reached only {best:.2f} (3-step mean); curve: " + " ".join(
-        f"{m['reward/mean']:.2f}" for m in metrics)
+        f"{m['reward/mean']:.2f}" for m in metrics
+    )
 
 
 @pytest.mark.slow
 def test_ppo_learns_digits(tmp_path, warm_model):
-    metrics = _run(tmp_path, warm_model, "algo=ppo", "algo.beta=0.0", "trainer.lr=3e-3",
-                   "trainer.steps=80")
+    metrics = _run(
+        tmp_path, warm_model, "algo=ppo", "algo.beta=0.0", "trainer.lr=3e-3", "trainer.steps=80"
+    )
     assert metrics[0]["reward/mean"] < 0.3
     best = max(_smoothed(metrics))
     assert best >= 0.6, f"PPO reached only {best:.2f} (3-step mean); curve: " + " ".join(
-        f"{m['reward/mean']:.2f}" for m in metrics)
+        f"{m['reward/mean']:.2f}" for m in metrics
+    )

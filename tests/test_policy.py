@@ -23,8 +23,13 @@ def make_policy(*, lora: bool, need_reference: bool = False, value_head: bool = 
     model, tokenizer = tiny_model_and_tokenizer()
     torch.manual_seed(0)
     cfg = LoraConfig(enabled=lora, r=4, alpha=8)
-    return Policy(copy.deepcopy(model), tokenizer, lora=cfg, value_head=value_head,
-                  need_reference=need_reference)
+    return Policy(
+        copy.deepcopy(model),
+        tokenizer,
+        lora=cfg,
+        value_head=value_head,
+        need_reference=need_reference,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,11 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, int]:
     _, tok = tiny_model_and_tokenizer()
     rows, starts = [], []
     for prompt, reply in zip(PROMPTS, REPLIES, strict=True):
-        ids = list(tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                           add_generation_prompt=True)["input_ids"])
+        ids = list(
+            tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True
+            )["input_ids"]
+        )
         starts.append(len(ids))
         rows.append(ids + tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
     T = max(map(len, rows))
@@ -72,7 +80,8 @@ def test_lora_reference_is_the_base_model_before_and_after_training(batch):
     base = base_logprobs(input_ids, attention, 0.7)
     policy = make_policy(lora=True, need_reference=True)
     assert sum(p.numel() for p in policy.parameters()) < 1.01 * sum(
-        p.numel() for p in tiny_model_and_tokenizer()[0].parameters())  # no second copy
+        p.numel() for p in tiny_model_and_tokenizer()[0].parameters()
+    )  # no second copy
 
     def ref():
         return policy.reference_logprobs(input_ids, attention, temperature=0.7)
@@ -112,8 +121,7 @@ def test_first_computes_only_the_logits_it_needs_and_agrees_with_the_full_pass(b
         short = policy(input_ids, attention, with_entropy=True, first=first)
     assert short.logprobs.shape == full.logprobs.shape == input_ids.shape
     torch.testing.assert_close(short.logprobs[:, first:], full.logprobs[:, first:], **SAME)
-    torch.testing.assert_close(short.entropy[:, first:], full.entropy[:, first:],
-                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(short.entropy[:, first:], full.entropy[:, first:], rtol=0, atol=1e-4)
     assert short.logprobs[:, :first].abs().max() == 0 and short.entropy[:, :first].abs().max() == 0
     torch.testing.assert_close(full.logprobs, base_logprobs(input_ids, attention), **SAME)
 
@@ -126,8 +134,9 @@ def test_values_at_t_read_the_hidden_state_before_token_t(batch):
         policy.value_head.weight.normal_()
         policy.value_head.bias.fill_(0.5)
         values = policy(input_ids, attention, first=first).values
-        hidden = policy.model(input_ids=input_ids, attention_mask=attention,
-                              output_hidden_states=True).hidden_states[-1]  # (B, T, H)
+        hidden = policy.model(
+            input_ids=input_ids, attention_mask=attention, output_hidden_states=True
+        ).hidden_states[-1]  # (B, T, H)
     expected = policy.value_head(hidden).squeeze(-1)  # (B, T): V after reading token t
     assert values.shape == input_ids.shape
     assert values[:, 0].abs().max() == 0
@@ -145,9 +154,12 @@ def test_activation_checkpointing_with_lora_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(1)  # same adapter init
-        policy = build_policy(ModelConfig(name="tiny", device="cpu",
-                                          gradient_checkpointing=checkpointing),
-                              LoraConfig(), value_head=False, need_reference=False)
+        policy = build_policy(
+            ModelConfig(name="tiny", device="cpu", gradient_checkpointing=checkpointing),
+            LoraConfig(),
+            value_head=False,
+            need_reference=False,
+        )
         with torch.no_grad():  # non-zero B so the A matrices get gradients too
             for n, p in policy.named_parameters():
                 if "lora_B" in n:

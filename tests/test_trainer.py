@@ -44,15 +44,32 @@ register(LETTERS, LettersEnv)
 
 
 def config(out: Path, *overrides: str) -> TrainCommand:
-    return compose(TrainCommand, [f"env={LETTERS}", "model=tiny", "sampling.max_new_tokens=8",
-                                  "rollout.env_workers=2", f"out={out}", *overrides])
+    return compose(
+        TrainCommand,
+        [
+            f"env={LETTERS}",
+            "model=tiny",
+            "sampling.max_new_tokens=8",
+            "rollout.env_workers=2",
+            f"out={out}",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[TrainCommand, list[str]]:
     """Two GRPO steps with LoRA and a KL term (the reference is the adapter-free base model)."""
-    cfg = config(tmp_path_factory.mktemp("run"), "trainer.steps=2", "tasks=2", "group=2",
-                 "lora.enabled=true", "lora.r=4", "algo.beta=0.1", "trainer.lr=0.01")
+    cfg = config(
+        tmp_path_factory.mktemp("run"),
+        "trainer.steps=2",
+        "tasks=2",
+        "group=2",
+        "lora.enabled=true",
+        "lora.r=4",
+        "algo.beta=0.1",
+        "trainer.lr=0.01",
+    )
     lines: list[str] = []
     train(cfg, log=lines.append)
     return cfg, lines
@@ -62,11 +79,28 @@ def test_metrics_hold_one_namespaced_record_per_step(run):
     cfg, _ = run
     records = read_metrics(cfg.out)
     assert [r["step"] for r in records] == [1, 2]
-    keys = {"reward/mean", "reward/std", "reward/pass_rate", f"reward/mean/{LETTERS}",
-            "loss/total", "loss/pg_loss", "loss/kl", "loss/entropy", "loss/clip_frac",
-            "loss/grad_norm", "rollout/response_tokens", "rollout/trajectory_tokens",
-            "rollout/turns", "perf/tokens_per_s", "perf/generation_frac", "perf/env_frac",
-            "perf/train_frac", "perf/other_frac", "lr", "time"}
+    keys = {
+        "reward/mean",
+        "reward/std",
+        "reward/pass_rate",
+        f"reward/mean/{LETTERS}",
+        "loss/total",
+        "loss/pg_loss",
+        "loss/kl",
+        "loss/entropy",
+        "loss/clip_frac",
+        "loss/grad_norm",
+        "rollout/response_tokens",
+        "rollout/trajectory_tokens",
+        "rollout/turns",
+        "perf/tokens_per_s",
+        "perf/generation_frac",
+        "perf/env_frac",
+        "perf/train_frac",
+        "perf/other_frac",
+        "lr",
+        "time",
+    }
     for r in records:
         assert keys <= r.keys(), keys - r.keys()
         assert not any(k.startswith("gpu/") for k in r) or torch.cuda.is_available()
@@ -117,8 +151,16 @@ def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
     ratio's denominator) come from a forward pass over whichever batch the row landed in, whose
     float rounding depends on the batch (~1e-7), and four steps at lr 0.01 grow that to ~1e-5.
     """
-    args = ("tasks=2", "group=2", "algo=ppo", "lora.enabled=true", "lora.r=4",
-            "lora.dropout=0.1", "sampling.temperature=1.0", "trainer.lr=0.01")
+    args = (
+        "tasks=2",
+        "group=2",
+        "algo=ppo",
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.dropout=0.1",
+        "sampling.temperature=1.0",
+        "trainer.lr=0.01",
+    )
     train(config(tmp_path / "whole", "trainer.steps=4", *args), log=lambda _: None)
     train(config(tmp_path / "split", "trainer.steps=2", *args), log=lambda _: None)
     lines: list[str] = []
@@ -133,19 +175,28 @@ def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
         for key in ("loss/total", "loss/value_loss", "loss/entropy", "loss/grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
     assert whole[2]["loss/grad_norm"] != whole[1]["loss/grad_norm"]
-    sampled = [[(t.group_id, [turn.completion_ids.tolist() for turn in t.turns])
-                for t in TrajectoryStore(tmp_path / d)] for d in ("whole", "split")]
+    sampled = [
+        [
+            (t.group_id, [turn.completion_ids.tolist() for turn in t.turns])
+            for t in TrajectoryStore(tmp_path / d)
+        ]
+        for d in ("whole", "split")
+    ]
     assert len(sampled[0]) == len(sampled[1]) == 16 and sampled[0] == sampled[1]
-    weights = [torch.load(ckpt.list_checkpoints(tmp_path / d)[-1] / "trainable.pt",
-                          weights_only=True) for d in ("whole", "split")]
+    weights = [
+        torch.load(ckpt.list_checkpoints(tmp_path / d)[-1] / "trainable.pt", weights_only=True)
+        for d in ("whole", "split")
+    ]
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-5)
 
 
 def test_lr_schedules_warm_up_then_decay():
     def factors(schedule: str) -> list[float]:
-        cfg = compose(TrainCommand, ["trainer.steps=6", "trainer.warmup_steps=2",
-                                     f"trainer.schedule={schedule}"])
+        cfg = compose(
+            TrainCommand,
+            ["trainer.steps=6", "trainer.warmup_steps=2", f"trainer.schedule={schedule}"],
+        )
         f = lr_lambda(cfg)
         return [f(s) for s in range(6)]
 
@@ -156,15 +207,26 @@ def test_lr_schedules_warm_up_then_decay():
 
 def ptgym(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-m", "ptgym.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ptgym.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_cli_trains_then_resumes_at_the_next_step(tmp_path):
     out = tmp_path / "run"
-    args = ("env=digits", "model=tiny", "tasks=2", "group=2", "sampling.max_new_tokens=4",
-            f"out={out}")
+    args = (
+        "env=digits",
+        "model=tiny",
+        "tasks=2",
+        "group=2",
+        "sampling.max_new_tokens=4",
+        f"out={out}",
+    )
     first = ptgym("train", "trainer.steps=2", *args)
     assert first.returncode == 0, first.stderr
     steps = [line.split()[1] for line in first.stdout.splitlines() if line.startswith("step ")]

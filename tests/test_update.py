@@ -28,19 +28,26 @@ EPISODES = [
 OBSERVATION = "Wrong. Try again."
 
 
-def make_policy(*, lora: bool = False, need_reference: bool = False, value_head: bool = False,
-                seed: int = 0) -> Policy:
+def make_policy(
+    *, lora: bool = False, need_reference: bool = False, value_head: bool = False, seed: int = 0
+) -> Policy:
     """A fresh policy on a deep copy of the shared tiny model (PEFT edits its model in place)."""
     model, tokenizer = tiny_model_and_tokenizer()
     torch.manual_seed(seed)  # LoRA A init
     cfg = LoraConfig(enabled=lora, r=4, alpha=8)
-    return Policy(copy.deepcopy(model), tokenizer, lora=cfg, value_head=value_head,
-                  need_reference=need_reference)
+    return Policy(
+        copy.deepcopy(model),
+        tokenizer,
+        lora=cfg,
+        value_head=value_head,
+        need_reference=need_reference,
+    )
 
 
 def chat(policy: Policy, messages: list[dict[str, str]]) -> list[int]:
-    return list(policy.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-                ["input_ids"])
+    return list(
+        policy.tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    )
 
 
 def sampled_turn(policy: Policy, prompt: list[int], text: str, reward: float) -> Turn:
@@ -49,7 +56,7 @@ def sampled_turn(policy: Policy, prompt: list[int], text: str, reward: float) ->
     completion = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        lp = policy(ids, torch.ones_like(ids)).logprobs[0, len(prompt):]
+        lp = policy(ids, torch.ones_like(ids)).logprobs[0, len(prompt) :]
     return Turn(prompt, completion, lp.numpy(), text=text, reward=reward)
 
 
@@ -63,18 +70,27 @@ def trajectories(policy: Policy, episodes=EPISODES, *, turns: int = 1) -> list[T
         for k in range(turns):
             last = k == turns - 1
             steps.append(sampled_turn(policy, chat(policy, messages), text, reward if last else 0))
-            messages += [{"role": "assistant", "content": text},
-                         {"role": "user", "content": OBSERVATION}]
-        out.append(Trajectory(env_id="test", task_id=task, group_id=task, turns=steps,
-                              reward=reward))
+            messages += [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": OBSERVATION},
+            ]
+        out.append(
+            Trajectory(env_id="test", task_id=task, group_id=task, turns=steps, reward=reward)
+        )
     return out
 
 
 def make_update(policy: Policy, *, lr: float = 0.0, micro_batch: int = 8, **algo) -> Update:
     """Plain SGD (lr 0 keeps the weights, so ``.grad`` can be compared) and no grad clipping."""
     opt = torch.optim.SGD(policy.trainable_parameters(), lr=lr)
-    return Update(policy, opt, AlgoConfig(**algo), TrainerConfig(micro_batch=micro_batch,
-                  grad_clip=0.0), SamplingConfig(temperature=1.0), RolloutConfig(max_tokens=16))
+    return Update(
+        policy,
+        opt,
+        AlgoConfig(**algo),
+        TrainerConfig(micro_batch=micro_batch, grad_clip=0.0),
+        SamplingConfig(temperature=1.0),
+        RolloutConfig(max_tokens=16),
+    )
 
 
 def ids(trajs: list[Trajectory]) -> list[str]:
