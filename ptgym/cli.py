@@ -7,11 +7,9 @@ Each subcommand is a small function; heavy imports (torch, docker) happen inside
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
 import sys
 import time
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +25,16 @@ EXAMPLES = """examples:
 """
 
 
-def field_help(schema: type) -> dict[str, str]:
-    """One-line help per field, read from the ``# comment`` after each dataclass field."""
-    helps: dict[str, str] = {}
-    for cls in reversed(schema.__mro__):
-        if not is_dataclass(cls):
-            continue
-        for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", inspect.getsource(cls), re.M):
-            helps[m.group(1)] = m.group(2).strip()
-    return helps
-
-
-def describe(schema: type, prefix: str = "") -> list[str]:
-    """``key = default  help`` lines for every leaf of a config schema."""
+def describe(schema: type) -> list[str]:
+    """``key=default  help [choices]`` lines for every leaf of a config schema."""
     lines = []
-    helps = field_help(schema)
     obj = schema()
-    for f in fields(schema):
-        value = getattr(obj, f.name)
-        if is_dataclass(value):
-            lines.extend(describe(type(value), f"{prefix}{f.name}."))
-        else:
-            key = f"{prefix}{f.name}={value}"
-            lines.append(f"  {key:<42} {helps.get(f.name, '')}")
+    for key, f in C.field_specs(schema):
+        value = C._get(obj, key)
+        help_ = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help_ += f" [{' | '.join(f.metadata['choices'])}]"
+        lines.append(f"  {f'{key}={value}':<42} {help_}")
     return lines
 
 

@@ -12,7 +12,7 @@ valid keys or choices, and the closest match.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,92 +26,135 @@ class ConfigError(ValueError):
     """A config the user wrote wrong; the message says what to change."""
 
 
+def opt(
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, minimum: int | None = None
+) -> Any:
+    """A config field with its one-line help and, where they apply, its choices and minimum.
+
+    The help lives in the field's metadata (not in a comment) so ``--help`` and validation read
+    one source that formatters cannot break.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if minimum is not None:
+        metadata["minimum"] = minimum
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ModelConfig:
-    name: str = "smollm2-135m"  # short name (smollm2-135m, tiny), a local folder or a HF model id
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
-    device: str = "auto"  # auto | cpu | cuda
-    chat_template: str | None = None  # a Jinja chat template replacing the tokenizer's
-    gradient_checkpointing: bool = False  # trade compute for memory on long trajectories
-    adapter: str | None = None  # a PEFT LoRA folder to apply, e.g. RUN/checkpoints/step-000020/adapter
+    name: str = opt(
+        "smollm2-135m", "short name (smollm2-135m, tiny), a local folder or a HF model id"
+    )
+    dtype: str = opt(
+        "auto", "auto = bf16 on GPU, fp32 on CPU", choices=("auto", "float32", "bfloat16")
+    )
+    device: str = opt(
+        "auto", "where the model runs (auto = cuda when present)", choices=("auto", "cpu", "cuda")
+    )
+    chat_template: str | None = opt(None, "a Jinja chat template replacing the tokenizer's")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory on long trajectories")
+    adapter: str | None = opt(
+        None, "a PEFT LoRA folder to apply, e.g. RUN/checkpoints/step-000020/adapter"
+    )
 
 
 @dataclass
 class LoraConfig:
-    enabled: bool = True  # train LoRA adapters (PEFT); false = full fine-tuning
-    r: int = 16  # adapter rank
-    alpha: int = 32  # scaling numerator (scale = alpha / r)
-    dropout: float = 0.0  # dropout on the adapter input
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
+    enabled: bool = opt(True, "train LoRA adapters (PEFT); false = full fine-tuning")
+    r: int = opt(16, "adapter rank", minimum=1)
+    alpha: int = opt(32, "scaling numerator (scale = alpha / r)")
+    dropout: float = opt(0.0, "dropout on the adapter input")
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "modules that get adapters"},
+    )
 
 
 @dataclass
 class EnvConfig:
-    name: str = "math"  # short name or id from `ptgym envs list`
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the env constructor
+    name: str = opt("math", "short name or id from `ptgym envs list`")
+    kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "passed to the env constructor"}
+    )
 
 
 @dataclass
 class SamplingConfig:
-    max_new_tokens: int = 128  # per turn
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0  # nucleus sampling
-    top_k: int = 0  # 0 = off
+    max_new_tokens: int = opt(128, "per turn", minimum=1)
+    temperature: float = opt(1.0, "0 = greedy")
+    top_p: float = opt(1.0, "nucleus sampling")
+    top_k: int = opt(0, "0 = off")
 
 
 @dataclass
 class RolloutConfig:
-    tasks: int = 4  # distinct tasks (prompts) per batch
-    group: int = 4  # rollouts per task: the GRPO group size (k for eval)
-    max_turns: int = 1  # assistant turns per episode before truncation
-    max_tokens: int = 1024  # sampled tokens per trajectory before truncation
-    episode_timeout_s: float = 600.0  # wall time per episode before truncation
-    env_workers: int = 8  # threads stepping synchronous envs
-    batch_size: int = 32  # prompts per generation call
-    seed: int = 0  # seeds the tasks: task i of batch b uses seed + b * tasks + i
-    backend: str = "hf"  # hf | openai | vllm
-    base_url: str | None = None  # for backend=openai: the server's /v1 URL
+    tasks: int = opt(4, "distinct tasks (prompts) per batch", minimum=1)
+    group: int = opt(4, "rollouts per task: the GRPO group size (k for eval)", minimum=1)
+    max_turns: int = opt(1, "assistant turns per episode before truncation", minimum=1)
+    max_tokens: int = opt(1024, "sampled tokens per trajectory before truncation", minimum=1)
+    episode_timeout_s: float = opt(600.0, "wall time per episode before truncation")
+    env_workers: int = opt(8, "threads stepping synchronous envs")
+    batch_size: int = opt(32, "prompts per generation call")
+    seed: int = opt(0, "seeds the tasks: task i of batch b uses seed + b * tasks + i")
+    backend: str = opt("hf", "generation backend", choices=("hf", "openai", "vllm"))
+    base_url: str | None = opt(None, "for backend=openai: the server's /v1 URL")
 
 
 @dataclass
 class AlgoConfig:
-    name: str = "grpo"  # grpo | ppo
-    credit: str = "trajectory"  # trajectory | turn | gae (PPO)
-    baseline: str = "group"  # group (mean of the group) | rloo (leave-one-out)
-    scale_std: bool = True  # divide group advantages by the group std (false = Dr. GRPO)
-    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | constant (Dr. GRPO)
-    clip_low: float = 0.2  # ratio clip below 1 - clip_low
-    clip_high: float = 0.28  # ratio clip above 1 + clip_high (DAPO clip-higher)
-    beta: float = 0.0  # KL coefficient to the reference policy (0 = no reference pass)
-    dynamic_sampling: bool = False  # drop groups whose rewards all agree (DAPO)
-    epochs: int = 1  # optimisation passes over each batch
-    gamma: float = 1.0  # discount over turns (turn credit) or tokens (gae)
-    lam: float = 0.95  # GAE lambda
-    vf_coef: float = 0.5  # value-loss weight (PPO)
-    value_clip: float = 0.2  # value clipping range (PPO)
+    name: str = opt("grpo", "the RL algorithm", choices=("grpo", "ppo"))
+    credit: str = opt(
+        "trajectory",
+        "credit assignment (gae needs algo=ppo)",
+        choices=("trajectory", "turn", "gae"),
+    )
+    baseline: str = opt(
+        "group", "group = mean of the group, rloo = leave-one-out", choices=("group", "rloo")
+    )
+    scale_std: bool = opt(True, "divide group advantages by the group std (false = Dr. GRPO)")
+    aggregation: str = opt(
+        "token-mean",
+        "loss aggregation (constant = Dr. GRPO)",
+        choices=("token-mean", "seq-mean-token-mean", "constant"),
+    )
+    clip_low: float = opt(0.2, "ratio clip below 1 - clip_low")
+    clip_high: float = opt(0.28, "ratio clip above 1 + clip_high (DAPO clip-higher)")
+    beta: float = opt(0.0, "KL coefficient to the reference policy (0 = no reference pass)")
+    dynamic_sampling: bool = opt(False, "drop groups whose rewards all agree (DAPO)")
+    epochs: int = opt(1, "optimisation passes over each batch", minimum=1)
+    gamma: float = opt(1.0, "discount over turns (turn credit) or tokens (gae)")
+    lam: float = opt(0.95, "GAE lambda")
+    vf_coef: float = opt(0.5, "value-loss weight (PPO)")
+    value_clip: float = opt(0.2, "value clipping range (PPO)")
 
 
 @dataclass
 class TrainerConfig:
-    steps: int = 20  # optimizer steps (one rollout batch each)
-    lr: float = 1e-4  # learning rate (LoRA-sized; use ~1e-6 for full fine-tuning)
-    weight_decay: float = 0.0  # AdamW weight decay
-    micro_batch: int = 8  # rows per forward/backward; gradients accumulate over the batch
-    grad_clip: float = 1.0  # max global grad norm (0 = off)
-    warmup_steps: int = 0  # linear LR warm-up steps
-    schedule: str = "constant"  # constant | linear | cosine
-    save_every: int = 10  # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 2  # older checkpoints are deleted
-    seed: int = 0  # seeds torch: adapter and value-head init (sampling follows rollout.seed)
-    eval_every: int = 0  # held-out eval every N steps (0 = off)
-    eval_tasks: int = 32  # tasks in each held-out eval
+    steps: int = opt(20, "optimizer steps (one rollout batch each)")
+    lr: float = opt(1e-4, "learning rate (LoRA-sized; use ~1e-6 for full fine-tuning)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    micro_batch: int = opt(
+        8, "rows per forward/backward; gradients accumulate over the batch", minimum=1
+    )
+    grad_clip: float = opt(1.0, "max global grad norm (0 = off)")
+    warmup_steps: int = opt(0, "linear LR warm-up steps")
+    schedule: str = opt(
+        "constant", "LR schedule after warm-up", choices=("constant", "linear", "cosine")
+    )
+    save_every: int = opt(10, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = opt(2, "older checkpoints are deleted")
+    seed: int = opt(0, "seeds torch: adapter and value-head init (sampling follows rollout.seed)")
+    eval_every: int = opt(0, "held-out eval every N steps (0 = off)")
+    eval_tasks: int = opt(32, "tasks in each held-out eval")
 
 
 @dataclass
 class LogConfig:
-    tensorboard: bool = False  # mirror metrics to RUN/tensorboard
-    wandb: bool = False  # mirror metrics to Weights & Biases
-    wandb_project: str = "ptgym"  # W&B project name
+    tensorboard: bool = opt(False, "mirror metrics to RUN/tensorboard")
+    wandb: bool = opt(False, "mirror metrics to Weights & Biases")
+    wandb_project: str = opt("ptgym", "W&B project name")
 
 
 @dataclass
@@ -120,13 +163,13 @@ class RolloutCommand:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    split: str = "train"  # train | test: which task seeds to draw
-    out: str | None = None  # run directory (default runs/<command>-<time>)
+    split: str = opt("train", "which task seeds to draw", choices=("train", "test"))
+    out: str | None = opt(None, "run directory (default runs/<command>-<time>)")
 
 
 @dataclass
 class EvalCommand(RolloutCommand):
-    split: str = "test"
+    split: str = opt("test", "which task seeds to draw", choices=("train", "test"))
 
 
 @dataclass
@@ -135,7 +178,7 @@ class TrainCommand(RolloutCommand):
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    resume: bool = False  # continue from the last checkpoint in `out`
+    resume: bool = opt(False, "continue from the last checkpoint in `out`")
 
 
 GROUPS = ("env", "model", "algo")
@@ -147,19 +190,6 @@ ALIASES = {
     "credit": "algo.credit",
     "seed": "rollout.seed",
 }
-CHOICES = {
-    "algo.name": ("grpo", "ppo"),
-    "algo.credit": ("trajectory", "turn", "gae"),
-    "algo.baseline": ("group", "rloo"),
-    "algo.aggregation": ("token-mean", "seq-mean-token-mean", "constant"),
-    "model.dtype": ("auto", "float32", "bfloat16"),
-    "model.device": ("auto", "cpu", "cuda"),
-    "trainer.schedule": ("constant", "linear", "cosine"),
-    "rollout.backend": ("hf", "openai", "vllm"),
-    "split": ("train", "test"),
-}
-POSITIVE = ("rollout.tasks", "rollout.group", "rollout.max_turns", "rollout.max_tokens",
-            "sampling.max_new_tokens", "trainer.micro_batch", "lora.r", "algo.epochs")
 
 
 def group_choices(group: str) -> list[str]:
@@ -213,7 +243,9 @@ def _group_preset(group: str, choice: str) -> Any:
         return OmegaConf.create({"env": {"name": choice}})
     if group == "model":  # a local folder or a Hugging Face id: checked when loaded
         return OmegaConf.create({"model": {"name": choice}})
-    raise ConfigError(_unknown(f"{group}={choice}", choice, group_choices(group), f"{group} choices"))
+    raise ConfigError(
+        _unknown(f"{group}={choice}", choice, group_choices(group), f"{group} choices")
+    )
 
 
 def _merge(cfg: Any, other: Any, what: str, valid: list[str]) -> Any:
@@ -240,26 +272,31 @@ def _unknown(what: str, name: str, valid: list[str], label: str) -> str:
     return f"unknown {what!r}.{hint} {label}: {', '.join(valid)}"
 
 
-def _keys(schema: Any, prefix: str = "") -> list[str]:
+def _keys(schema: Any) -> list[str]:
+    return [key for key, _ in field_specs(schema)]
+
+
+def field_specs(schema: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, dataclass Field)`` for every leaf of a config schema, in order."""
     out = []
     for f in fields(schema):
-        ftype = f.default_factory if f.default_factory is not field else None  # type: ignore[misc]
-        if ftype is not None and is_dataclass(ftype):
-            out.extend(_keys(ftype, f"{prefix}{f.name}."))
+        factory = f.default_factory if f.default_factory is not MISSING else None
+        if factory is not None and is_dataclass(factory):
+            out.extend(field_specs(factory, f"{prefix}{f.name}."))
         else:
-            out.append(prefix + f.name)
+            out.append((prefix + f.name, f))
     return out
 
 
 def _validate(obj: Any) -> None:
-    for key, choices in CHOICES.items():
+    for key, f in field_specs(type(obj)):
         value = _get(obj, key)
-        if value is not None and value not in choices:
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
             raise ConfigError(_unknown(f"{key}={value}", str(value), list(choices), "choices"))
-    for key in POSITIVE:
-        value = _get(obj, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value is not None and value < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}, got {value}")
     algo = getattr(obj, "algo", None)
     if algo is not None and (algo.credit == "gae") != (algo.name == "ppo"):
         raise ConfigError(

@@ -168,7 +168,14 @@ def test_an_argument_that_is_not_key_value_shows_the_form():
     assert error(["=3"]).startswith("cannot read '=3'")
 
 
-@pytest.mark.parametrize("key", C.POSITIVE)
+POSITIVE = [k for k, f in C.field_specs(C.TrainCommand) if f.metadata.get("minimum") == 1]
+
+
+def test_sizes_that_must_be_positive_are_declared_on_their_fields():
+    assert {"rollout.tasks", "rollout.group", "lora.r", "algo.epochs"} <= set(POSITIVE)
+
+
+@pytest.mark.parametrize("key", POSITIVE)
 def test_sizes_must_be_positive(key):
     assert error([f"{key}=0"]) == f"{key} must be at least 1, got 0"
 
@@ -178,3 +185,19 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(C.to_yaml(cfg))
     assert C.load_yaml(C.TrainCommand, path) == cfg
+
+
+def test_every_config_field_has_help_in_its_metadata():
+    for schema in (C.TrainCommand, C.EvalCommand, C.RolloutCommand):
+        missing = [k for k, f in C.field_specs(schema) if not f.metadata.get("help")]
+        assert missing == []
+
+
+def test_help_survives_ruff_format():
+    """Help sits in field metadata, so reformatting the source cannot lose it (issue 8 #14)."""
+    from ptgym.cli import describe
+
+    lines = "\n".join(describe(C.TrainCommand))
+    assert "model.adapter=None" in lines and "a PEFT LoRA folder" in lines
+    assert "lora.target_modules=" in lines and "modules that get adapters" in lines
+    assert "[grpo | ppo]" in lines
