@@ -17,6 +17,8 @@ preference losses (Bradley-Terry, DPO, SimPO), SFT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -147,6 +149,33 @@ AGGREGATORS: dict[str, Aggregator] = {
     "token-mean": token_mean,
     "seq-mean-token-mean": seq_mean_token_mean,
     "constant": constant_norm,
+}
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """An aggregator with the normaliser that goes with it, picked once from the config.
+
+    Under micro-batching every micro-batch loss is divided by the *whole batch's* ``norm`` and the
+    micro-batch losses are summed, so the accumulated gradient equals the full-batch gradient.
+    ``constant_norm`` divides by its own row count as well, so each micro-batch is weighed back by
+    its share of the rows (``micro_weight``).
+    """
+
+    fn: Aggregator
+    norm: Callable[[Tensor, int], float]  # (mask (B, T) of the whole batch, max_tokens) -> norm
+    rows_weighted: bool = False  # fn divides by its own row count
+
+    def micro_weight(self, rows: int, batch_rows: int) -> float:
+        return rows / batch_rows if self.rows_weighted else 1.0
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "token-mean": Aggregation(token_mean, lambda mask, _: float(mask.sum().clamp(min=1))),
+    "seq-mean-token-mean": Aggregation(
+        seq_mean_token_mean, lambda mask, _: float((mask.sum(-1) > 0).sum().clamp(min=1))
+    ),
+    "constant": Aggregation(constant_norm, lambda _, max_tokens: float(max_tokens), True),
 }
 
 

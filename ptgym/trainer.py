@@ -25,7 +25,7 @@ from ptgym.metrics import MetricsLogger
 from ptgym.policy import build_policy
 from ptgym.store import TrajectoryStore, atomic_write_bytes
 from ptgym.types import Trajectory
-from ptgym.update import Update
+from ptgym.update import Update, make_update
 
 
 def seed_everything(seed: int) -> None:
@@ -127,7 +127,7 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         model_name=cfg.model.name,
         split="train",
     )
-    update = Update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
+    update = make_update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
     store = TrajectoryStore(run)
     metrics = MetricsLogger(
         run,

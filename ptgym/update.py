@@ -1,8 +1,13 @@
 """One policy update from a batch of trajectories: select -> credit -> rows -> loss -> step.
 
 Follows the data flow of STYLE.md: trajectories (store) -> samples (``ptgym.samples``) ->
-advantages (``ptgym.advantages``) -> loss (``ptgym.losses``) -> optimizer. The loss variant and the
-credit mode are picked once, from the config, by ``Update.__init__``.
+advantages (``ptgym.advantages``) -> loss (``ptgym.losses``) -> optimizer.
+
+Two paths, picked once by ``make_update``: ``GRPOUpdate`` (group-relative credit per trajectory or
+per turn, the clipped GRPO/DAPO/Dr. GRPO objective) and ``PPOUpdate`` (a critic, GAE over sampled
+tokens, the PPO objective plus a value loss). They share selection, batching, the reference pass
+and the optimisation loop; each overrides only its credit assignment and its objective. The loss
+aggregation (with its normaliser) is one ``ptgym.losses.Aggregation`` object.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Batch:
 
 
 class Update:
+    """The shared part of an update; subclasses supply ``_credit`` and ``_objective``."""
+
     def __init__(
         self,
         policy: Policy,
@@ -63,9 +70,8 @@ class Update:
         self.algo = algo
         self.trainer = trainer
         self.temperature = sampling.temperature if sampling.temperature > 0 else 1.0
-        self.aggregate = L.AGGREGATORS[algo.aggregation]
+        self.aggregation = L.AGGREGATIONS[algo.aggregation]
         self.max_tokens = rollout.max_tokens
-        self.ppo = algo.name == "ppo"
         self.use_ref = algo.beta > 0
         device = policy.device
         self.autocast = (
@@ -74,7 +80,7 @@ class Update:
             else torch.autocast("cpu", enabled=False)
         )
 
-    # --- selection and credit assignment ----------------------------------------------------
+    # --- selection --------------------------------------------------------------------------
 
     def select(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], dict[str, float]]:
         keep = A.select_trainable(
@@ -85,19 +91,6 @@ class Update:
         )
         kept = [t for t, k in zip(trajs, keep.tolist(), strict=True) if k]
         return kept, {"rollout/kept_frac": len(kept) / max(len(trajs), 1)}
-
-    def _trajectory_values(self, kept: list[Trajectory]) -> Tensor:
-        """Per-trajectory (N,) or per-turn (N, K) advantages for the GRPO-family credit modes."""
-        rewards = [t.reward for t in kept]
-        groups = [t.group_id for t in kept]
-        scale = "std" if self.algo.scale_std else "none"
-        if self.algo.credit == "turn":
-            return A.turn_advantages(
-                [t.turn_rewards for t in kept], groups, gamma=self.algo.gamma, scale=scale
-            )
-        if self.algo.baseline == "rloo":
-            return A.rloo_advantages(rewards, groups)
-        return A.group_advantages(rewards, groups, scale=scale)
 
     # --- batch ------------------------------------------------------------------------------
 
@@ -118,12 +111,12 @@ class Update:
         )
         if self.use_ref:
             batch.ref_logprobs = self._no_grad_pass(batch, reference=True)
-        if self.ppo:
-            self._gae(kept, batch)
-        else:
-            values = self._trajectory_values(kept).to(dev, torch.float32)[batch.traj_index]
-            batch.advantages = A.broadcast_to_tokens(values, batch.turn_index)
+        self._credit(kept, batch)
         return batch
+
+    def _credit(self, kept: list[Trajectory], batch: Batch) -> None:
+        """Fill ``batch.advantages`` (B, T) (and, for PPO, old values and returns)."""
+        raise NotImplementedError
 
     def _no_grad_pass(self, batch: Batch, *, reference: bool) -> Tensor:
         out = []
@@ -151,34 +144,12 @@ class Update:
                     )
         return torch.cat(out)
 
-    def _gae(self, kept: list[Trajectory], batch: Batch) -> None:
-        """PPO credit: per-turn rewards on turn ends, per-token KL penalty, GAE (DESIGN §4)."""
-        K = max(len(t.turns) for t in kept)
-        turn_rewards = torch.zeros(len(kept), K, device=batch.mask.device)
-        for i, t in enumerate(kept):
-            turn_rewards[i, : len(t.turns)] = torch.tensor(t.turn_rewards)
-        rewards = A.turn_end_rewards(turn_rewards[batch.traj_index], batch.turn_index)
-        if batch.ref_logprobs is not None:
-            rewards = A.kl_penalised_rewards(
-                rewards, batch.old_logprobs, batch.ref_logprobs, batch.mask, beta=self.algo.beta
-            )
-        batch.old_values = self._no_grad_pass(batch, reference=False) * batch.mask
-        adv, batch.returns = A.gae(
-            rewards, batch.old_values, batch.mask, gamma=self.algo.gamma, lam=self.algo.lam
-        )
-        batch.advantages = A.normalize_advantages(adv, batch.mask)
-
     # --- optimisation -----------------------------------------------------------------------
 
     def step(self, batch: Batch) -> dict[str, float]:
         """``algo.epochs`` optimizer steps over the batch, accumulating over micro-batches."""
         B = batch.input_ids.shape[0]
-        if self.algo.aggregation == "token-mean":
-            norm = float(batch.mask.sum().clamp(min=1))
-        elif self.algo.aggregation == "seq-mean-token-mean":
-            norm = float((batch.mask.sum(-1) > 0).sum().clamp(min=1))
-        else:
-            norm = float(self.max_tokens)
+        norm = self.aggregation.norm(batch.mask, self.max_tokens)
         mb = self.trainer.micro_batch
         totals: dict[str, float] = {}  # summed over micro-batches and epochs
         ratio_max = 0.0
@@ -186,8 +157,7 @@ class Update:
             self.optimizer.zero_grad(set_to_none=True)
             for s in range(0, B, mb):
                 b = batch.rows(slice(s, s + mb))
-                # constant_norm divides by its own row count: weight it back to the whole batch.
-                weight = b.input_ids.shape[0] / B if self.algo.aggregation == "constant" else 1.0
+                weight = self.aggregation.micro_weight(b.input_ids.shape[0], B)
                 loss, stats = self._loss(b, norm)
                 (loss * weight).backward()
                 ratio_max = max(ratio_max, float(stats.pop("loss/ratio_max")))
@@ -212,42 +182,115 @@ class Update:
                 with_entropy=True,
                 first=b.first,
             )
-        mask = b.mask
-        if self.ppo:
-            loss, stats = L.ppo_policy_loss(
-                out.logprobs,
-                b.old_logprobs,
-                b.advantages,
-                mask,
-                clip=self.algo.clip_low,
-                aggregate=self.aggregate,
-                norm=norm,
-            )
-            vloss, vstats = L.value_loss(
-                out.values,
-                b.old_values,
-                b.returns,
-                mask,
-                clip=self.algo.value_clip,
-                aggregate=self.aggregate,
-                norm=norm,
-            )
-            loss = loss + self.algo.vf_coef * vloss
-            stats = {**stats, **vstats, "value_loss": vloss.detach()}
-        else:
-            loss, stats = L.grpo_loss(
-                out.logprobs,
-                b.old_logprobs,
-                b.advantages,
-                mask,
-                clip_low=self.algo.clip_low,
-                clip_high=self.algo.clip_high,
-                ref_logprobs=b.ref_logprobs,
-                beta=self.algo.beta,
-                aggregate=self.aggregate,
-                norm=norm,
-            )
-        tokens = mask.sum().clamp(min=1)
-        stats["entropy"] = (out.entropy * mask).sum() / tokens
+        loss, stats = self._objective(out, b, norm)
+        tokens = b.mask.sum().clamp(min=1)
+        stats["entropy"] = (out.entropy * b.mask).sum() / tokens
         stats["total"] = loss.detach()
         return loss, {f"loss/{k}": v for k, v in stats.items()}
+
+    def _objective(self, out: Any, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+
+def turn_advantages(batch: Batch, n_trajectories: int) -> list[list[float]]:
+    """Per trajectory, the mean advantage over each turn's sampled tokens (what a reader such as
+    the TUI shows per turn; the loss itself uses the per-token tensor)."""
+    out: list[dict[int, list[float]]] = [{} for _ in range(n_trajectories)]
+    adv = batch.advantages.detach().float().cpu()
+    turns = batch.turn_index.cpu()
+    for row, traj in enumerate(batch.traj_index.tolist()):
+        sampled = turns[row] >= 0
+        for k in turns[row][sampled].unique().tolist():
+            sel = turns[row] == k
+            out[traj].setdefault(k, []).extend(adv[row][sel].tolist())
+    return [[sum(v) / len(v) for _, v in sorted(d.items())] for d in out]
+
+
+class GRPOUpdate(Update):
+    """GRPO and its variants (DAPO clip-higher, Dr. GRPO): group-relative credit, no critic."""
+
+    def _credit(self, kept: list[Trajectory], batch: Batch) -> None:
+        values = self._trajectory_values(kept).to(batch.mask.device, torch.float32)
+        batch.advantages = A.broadcast_to_tokens(values[batch.traj_index], batch.turn_index)
+
+    def _trajectory_values(self, kept: list[Trajectory]) -> Tensor:
+        """Per-trajectory (N,) or per-turn (N, K) advantages."""
+        rewards = [t.reward for t in kept]
+        groups = [t.group_id for t in kept]
+        scale = "std" if self.algo.scale_std else "none"
+        if self.algo.credit == "turn":
+            return A.turn_advantages(
+                [t.turn_rewards for t in kept], groups, gamma=self.algo.gamma, scale=scale
+            )
+        if self.algo.baseline == "rloo":
+            return A.rloo_advantages(rewards, groups)
+        return A.group_advantages(rewards, groups, scale=scale)
+
+    def _objective(self, out: Any, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
+        return L.grpo_loss(
+            out.logprobs,
+            b.old_logprobs,
+            b.advantages,
+            b.mask,
+            clip_low=self.algo.clip_low,
+            clip_high=self.algo.clip_high,
+            ref_logprobs=b.ref_logprobs,
+            beta=self.algo.beta,
+            aggregate=self.aggregation.fn,
+            norm=norm,
+        )
+
+
+class PPOUpdate(Update):
+    """PPO with a value head: GAE over sampled tokens, clipped policy loss plus value loss."""
+
+    def _credit(self, kept: list[Trajectory], batch: Batch) -> None:
+        """Per-turn rewards on turn ends, per-token KL penalty, GAE (DESIGN §4)."""
+        K = max(len(t.turns) for t in kept)
+        turn_rewards = torch.zeros(len(kept), K, device=batch.mask.device)
+        for i, t in enumerate(kept):
+            turn_rewards[i, : len(t.turns)] = torch.tensor(t.turn_rewards)
+        rewards = A.turn_end_rewards(turn_rewards[batch.traj_index], batch.turn_index)
+        if batch.ref_logprobs is not None:
+            rewards = A.kl_penalised_rewards(
+                rewards, batch.old_logprobs, batch.ref_logprobs, batch.mask, beta=self.algo.beta
+            )
+        batch.old_values = self._no_grad_pass(batch, reference=False) * batch.mask
+        adv, batch.returns = A.gae(
+            rewards, batch.old_values, batch.mask, gamma=self.algo.gamma, lam=self.algo.lam
+        )
+        batch.advantages = A.normalize_advantages(adv, batch.mask)
+
+    def _objective(self, out: Any, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
+        loss, stats = L.ppo_policy_loss(
+            out.logprobs,
+            b.old_logprobs,
+            b.advantages,
+            b.mask,
+            clip=self.algo.clip_low,
+            aggregate=self.aggregation.fn,
+            norm=norm,
+        )
+        vloss, vstats = L.value_loss(
+            out.values,
+            b.old_values,
+            b.returns,
+            b.mask,
+            clip=self.algo.value_clip,
+            aggregate=self.aggregation.fn,
+            norm=norm,
+        )
+        return loss + self.algo.vf_coef * vloss, {**stats, **vstats, "value_loss": vloss.detach()}
+
+
+def make_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    algo: AlgoConfig,
+    trainer: TrainerConfig,
+    sampling: SamplingConfig,
+    rollout: RolloutConfig,
+) -> Update:
+    """The update for ``algo.name``, chosen once."""
+    cls = PPOUpdate if algo.name == "ppo" else GRPOUpdate
+    return cls(policy, optimizer, algo, trainer, sampling, rollout)

@@ -16,6 +16,7 @@ from ptgym.config import AlgoConfig, LoraConfig, RolloutConfig, SamplingConfig, 
 from ptgym.policy import Policy
 from ptgym.types import Trajectory, Turn
 from ptgym.update import Update
+from ptgym.update import make_update as build_update
 from tests.tiny import tiny_model_and_tokenizer
 
 # (task, completion, reward): completions of different lengths, so the aggregations differ.
@@ -83,7 +84,7 @@ def trajectories(policy: Policy, episodes=EPISODES, *, turns: int = 1) -> list[T
 def make_update(policy: Policy, *, lr: float = 0.0, micro_batch: int = 8, **algo) -> Update:
     """Plain SGD (lr 0 keeps the weights, so ``.grad`` can be compared) and no grad clipping."""
     opt = torch.optim.SGD(policy.trainable_parameters(), lr=lr)
-    return Update(
+    return build_update(
         policy,
         opt,
         AlgoConfig(**algo),
@@ -214,3 +215,30 @@ def test_a_step_changes_the_trainable_parameters_only(lora):
         assert trainable and all(not n.startswith("_frozen_ref.") for n in trainable)
         assert {n for n in trainable if "layers.0.self_attn" in n} <= changed
     assert changed <= trainable
+
+
+def test_the_algorithm_picks_its_update_class_once():
+    policy = make_policy()
+    assert type(make_update(policy)).__name__ == "GRPOUpdate"
+    assert type(make_update(policy, name="ppo", credit="gae")).__name__ == "PPOUpdate"
+
+
+def test_each_aggregation_carries_its_normaliser():
+    from ptgym.losses import AGGREGATIONS
+
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    assert AGGREGATIONS["token-mean"].norm(mask, 16) == 4.0  # sampled tokens
+    assert AGGREGATIONS["seq-mean-token-mean"].norm(mask, 16) == 2.0  # rows with a sampled token
+    assert AGGREGATIONS["constant"].norm(mask, 16) == 16.0  # the token budget
+    assert AGGREGATIONS["constant"].micro_weight(1, 4) == 0.25
+    assert AGGREGATIONS["token-mean"].micro_weight(1, 4) == 1.0
+
+
+def test_turn_advantages_are_the_mean_over_each_turns_sampled_tokens():
+    from ptgym.update import Batch, turn_advantages
+
+    turn_index = torch.tensor([[-1, 0, 0, -1, 1], [-1, 0, -1, -1, -1]])
+    adv = torch.tensor([[9.0, 1.0, 3.0, 9.0, -2.0], [9.0, 0.5, 9.0, 9.0, 9.0]])
+    z = torch.zeros_like(adv)
+    batch = Batch(z, z, turn_index >= 0, z, turn_index, torch.tensor([1, 0]), adv)
+    assert turn_advantages(batch, 2) == [[0.5], [2.0, -2.0]]
