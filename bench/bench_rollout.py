@@ -25,6 +25,7 @@ from ptgym.agents.hf import HFBackend
 from ptgym.agents.models import load_model
 from ptgym.build import env_factory
 from ptgym.config import EnvConfig
+from ptgym.metrics import collect_metrics
 from ptgym.rollout import Budget, Collector
 
 
@@ -111,7 +112,7 @@ def main() -> None:
     finally:
         collector.close()
     stats = collector.stats
-    m = stats.as_metrics()
+    m = collect_metrics(stats)
     n = len(trajs)
     turns = sum(len(tr.turns) for tr in trajs)
     longest = max(len(turn.completion_ids) for tr in trajs for turn in tr.turns)
@@ -126,8 +127,8 @@ def main() -> None:
     )
     print(f"  episodes/s:         {m['perf/episodes_per_s']:7.3f}")
     print(
-        f"  time shares:        generation {m['perf/generation_share']:.3f}, "
-        f"env {m['perf/env_share']:.3f}, other {m['perf/rollout_other_share']:.3f}"
+        f"  time shares:        generation {m['perf/rollout_generation_frac']:.3f}, "
+        f"env {m['perf/rollout_env_frac']:.3f}, other {m['perf/rollout_other_frac']:.3f}"
     )
     print(f"  generate calls:     {len(counting.batches)}, prompts per call {counting.batches}")
     print(f"  mean reward:        {sum(tr.reward for tr in trajs) / n:.3f}")

@@ -16,9 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ptgym.build import make_backend, make_collector, task_seeds
-from ptgym.config import EvalCommand, RolloutCommand, to_yaml
+from ptgym.config import EvalCommand, RolloutCommand, make_out_dir, to_yaml
+from ptgym.metrics import batch_metrics, passed
 from ptgym.store import TrajectoryStore, atomic_write_bytes
-from ptgym.trainer import passed, rollout_metrics
 from ptgym.types import Trajectory
 
 TEST_SEED_OFFSET = 1_000_000  # eval draws task seeds far from the training run's
@@ -39,7 +39,7 @@ def score(trajs: list[Trajectory], k: int) -> dict[str, float]:
     for t in trajs:
         if t.error is None:
             by_task[t.group_id].append(t)
-    out = rollout_metrics(trajs)  # a fresh dict per call
+    out = batch_metrics(trajs)  # a fresh dict per call
     if by_task:
         counts = [(len(ts), sum(passed(t) for t in ts)) for ts in by_task.values()]
         out["eval/pass@1"] = float(np.mean([pass_at_k(n, c, 1) for n, c in counts]))
@@ -71,8 +71,7 @@ def _load(cfg: RolloutCommand) -> tuple[Any, Any]:
 
 
 def _collect(cfg: RolloutCommand, desc: str) -> tuple[Path, list[Trajectory]]:
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
+    run = make_out_dir(cfg.out)
     atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
     model, tokenizer = _load(cfg)
     backend = make_backend(cfg.rollout, model, tokenizer, cfg.model.name)
@@ -113,7 +112,7 @@ def _collect(cfg: RolloutCommand, desc: str) -> tuple[Path, list[Trajectory]]:
 def run_rollout_command(cfg: RolloutCommand) -> dict[str, float]:
     t0 = time.perf_counter()
     run, trajs = _collect(cfg, "rollout")
-    summary = rollout_metrics(trajs)
+    summary = batch_metrics(trajs)
     summary["perf/seconds"] = time.perf_counter() - t0
     atomic_write_bytes(run / "summary.json", json.dumps(summary, indent=2).encode())
     print(

@@ -1,7 +1,9 @@
 """Per-step metrics: ``RUN/metrics.msgpack`` (one record per step) plus optional mirrors (DESIGN §8).
 
 Keys are namespaced: ``rollout/``, ``reward/``, ``loss/``, ``perf/``, ``gpu/``, ``eval/``. Each
-record also holds ``step`` and ``time`` (unix seconds). The stream format is the store's, so a run
+record also holds ``step`` and ``time`` (unix seconds). This module owns the ``reward/``,
+``rollout/`` and ``perf/`` names (``batch_metrics``, ``collect_metrics``, ``step_metrics``); the
+losses name their own ``loss/`` keys. The stream format is the store's, so a run
 killed mid-write keeps every complete step, and the TUI can follow the file while training runs.
 Imports neither torch nor textual.
 """
@@ -12,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ptgym.store import RecordReader, RecordWriter
+from ptgym.types import Trajectory
 
 METRICS_FILE = "metrics.msgpack"
 
@@ -75,3 +80,68 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return list(RecordReader(path))
+
+
+# --- the names of reward/, rollout/ and perf/ metrics --------------------------------------------
+
+
+def passed(t: Trajectory) -> bool:
+    """Solved: the env's own verdict (``info["correct"]``/``["passed"]``) or a full reward."""
+    for key in ("correct", "passed"):
+        if key in t.metrics:
+            return bool(t.metrics[key])
+    return t.reward >= 1.0
+
+
+def batch_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """``reward/`` and ``rollout/`` metrics of one batch (errored trajectories counted apart)."""
+    ok = [t for t in trajs if t.error is None]
+    m: dict[str, float] = {"rollout/error_frac": 1 - len(ok) / max(len(trajs), 1)}
+    if not ok:
+        return m
+    rewards = np.array([t.reward for t in ok])
+    m["reward/mean"] = float(rewards.mean())
+    m["reward/std"] = float(rewards.std())
+    m["reward/pass_rate"] = float(np.mean([passed(t) for t in ok]))
+    for env_id in sorted({t.env_id for t in ok}):
+        m[f"reward/mean/{env_id}"] = float(np.mean([t.reward for t in ok if t.env_id == env_id]))
+    m["rollout/turns"] = float(np.mean([len(t.turns) for t in ok]))
+    m["rollout/response_tokens"] = float(
+        np.mean([len(turn.completion_ids) for t in ok for turn in t.turns] or [0])
+    )
+    m["rollout/trajectory_tokens"] = float(np.mean([t.num_completion_tokens for t in ok]))
+    m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
+    return m
+
+
+def collect_metrics(stats: Any) -> dict[str, float]:
+    """``perf/`` metrics of one ``Collector.collect`` call (a ``ptgym.rollout.CollectStats``):
+    shares of the rollout's own wall time."""
+    t = max(stats.total, 1e-9)
+    other = max(stats.total - stats.generation - stats.env_wait, 0.0)
+    return {
+        "perf/rollout_s": stats.total,
+        "perf/rollout_generation_frac": stats.generation / t,
+        "perf/rollout_env_frac": stats.env_wait / t,
+        "perf/rollout_other_frac": other / t,
+        "perf/gen_tokens_per_s": stats.generated_tokens / max(stats.generation, 1e-9),
+        "perf/episodes_per_s": stats.episodes / t,
+        "perf/generate_calls": float(stats.generate_calls),
+    }
+
+
+def step_metrics(stats: Any, train_s: float, step_s: float) -> dict[str, float]:
+    """``perf/`` metrics of one training step: ``collect_metrics`` plus shares of the step's
+    wall time (generation, env, train, the rest)."""
+    t = max(step_s, 1e-9)
+    rest = max(step_s - stats.generation - stats.env_wait - train_s, 0.0)
+    return {
+        **collect_metrics(stats),
+        "perf/step_s": step_s,
+        "perf/train_s": train_s,
+        "perf/generation_frac": stats.generation / t,
+        "perf/env_frac": stats.env_wait / t,
+        "perf/train_frac": train_s / t,
+        "perf/other_frac": rest / t,
+        "perf/tokens_per_s": stats.generated_tokens / t,
+    }

@@ -20,12 +20,12 @@ from tqdm import tqdm
 
 from ptgym import checkpoint as ckpt
 from ptgym.build import make_backend, make_collector, task_seeds
-from ptgym.config import ConfigError, TrainCommand, to_yaml
-from ptgym.metrics import MetricsLogger
+from ptgym.config import ConfigError, TrainCommand, make_out_dir, to_yaml
+from ptgym.metrics import MetricsLogger, batch_metrics, step_metrics
+from ptgym.notes import NOTES_FILE, trainer_notes
 from ptgym.policy import build_policy
-from ptgym.store import TrajectoryStore, atomic_write_bytes
-from ptgym.types import Trajectory
-from ptgym.update import Update, make_update
+from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes
+from ptgym.update import Update, make_update, turn_advantages
 
 
 def seed_everything(seed: int) -> None:
@@ -50,35 +50,6 @@ def lr_lambda(cfg: TrainCommand) -> Any:
     return factor
 
 
-def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
-    """``reward/`` and ``rollout/`` metrics of one batch (errored trajectories counted apart)."""
-    ok = [t for t in trajs if t.error is None]
-    m: dict[str, float] = {"rollout/error_frac": 1 - len(ok) / max(len(trajs), 1)}
-    if not ok:
-        return m
-    rewards = np.array([t.reward for t in ok])
-    m["reward/mean"] = float(rewards.mean())
-    m["reward/std"] = float(rewards.std())
-    m["reward/pass_rate"] = float(np.mean([passed(t) for t in ok]))
-    for env_id in sorted({t.env_id for t in ok}):
-        m[f"reward/mean/{env_id}"] = float(np.mean([t.reward for t in ok if t.env_id == env_id]))
-    m["rollout/turns"] = float(np.mean([len(t.turns) for t in ok]))
-    m["rollout/response_tokens"] = float(
-        np.mean([len(turn.completion_ids) for t in ok for turn in t.turns] or [0])
-    )
-    m["rollout/trajectory_tokens"] = float(np.mean([t.num_completion_tokens for t in ok]))
-    m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
-    return m
-
-
-def passed(t: Trajectory) -> bool:
-    """Solved: the env's own verdict (``info["correct"]``/``["passed"]``) or a full reward."""
-    for key in ("correct", "passed"):
-        if key in t.metrics:
-            return bool(t.metrics[key])
-    return t.reward >= 1.0
-
-
 def gpu_metrics() -> dict[str, float]:
     if not torch.cuda.is_available():
         return {}
@@ -96,7 +67,7 @@ def _prepare_run_dir(cfg: TrainCommand) -> Path:
             f"{run} already holds a run with checkpoints (last: {existing[-1].name}); pass "
             "resume=true to continue it, or choose another out=DIR"
         )
-    run.mkdir(parents=True, exist_ok=True)
+    make_out_dir(cfg.out)
     atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
     return run
 
@@ -129,6 +100,7 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     )
     update = make_update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
     store = TrajectoryStore(run)
+    notes = RecordWriter(run / NOTES_FILE)
     metrics = MetricsLogger(
         run,
         tensorboard=cfg.log.tensorboard,
@@ -145,7 +117,7 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     )
     try:
         for step in bar:
-            last = _one_step(step, cfg, policy, collector, update, store)
+            last = _one_step(step, cfg, policy, collector, update, store, notes)
             last["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
             metrics.log(step + 1, last)
@@ -157,6 +129,7 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     finally:
         bar.close()
         store.close()
+        notes.close()
         metrics.close()
         collector.close()
     return last
@@ -169,6 +142,7 @@ def _one_step(
     collector: Any,
     update: Update,
     store: TrajectoryStore,
+    notes: RecordWriter | None = None,
 ) -> dict[str, float]:
     t0 = time.perf_counter()
     trajs = collector.collect(
@@ -178,30 +152,20 @@ def _one_step(
         group_prefix=f"{step}/",
     )
     store.extend(trajs)
-    t_rollout = time.perf_counter() - t0
-    m = rollout_metrics(trajs)
-    m.update(collector.stats.as_metrics())
+    m = batch_metrics(trajs)
     kept, sel = update.select(trajs)
     m.update(sel)
     t1 = time.perf_counter()
+    advantages: list[list[float]] = []
     if kept:
         policy.train()
-        m.update(update.step(update.make_batch(kept)))
+        batch = update.make_batch(kept)
+        advantages = turn_advantages(batch, len(kept))
+        m.update(update.step(batch))
     t_train = time.perf_counter() - t1
-    total = time.perf_counter() - t0
-    stats = collector.stats
-    m.update(
-        {
-            "perf/step_s": total,
-            "perf/train_s": t_train,
-            "perf/generation_frac": stats.generation / total,
-            "perf/env_frac": stats.env_wait / total,
-            "perf/train_frac": t_train / total,
-            "perf/other_frac": max(total - stats.generation - stats.env_wait - t_train, 0) / total,
-            "perf/tokens_per_s": stats.generated_tokens / total,
-            "perf/rollout_s": t_rollout,
-        }
-    )
+    if notes is not None:
+        notes.extend(trainer_notes(step + 1, trajs, kept, advantages))
+    m.update(step_metrics(collector.stats, t_train, time.perf_counter() - t0))
     m.update(gpu_metrics())
     return m
 
