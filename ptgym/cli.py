@@ -158,6 +158,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefs_export(args: argparse.Namespace) -> int:
+    from ptgym import judgments
+
+    cfg = C.compose(judgments.ExportCommand, args.overrides)
+    judgments.run_export_command(args.run, cfg)
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -230,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(fn=cmd_serve)
+
+    prefs = sub.add_parser("prefs", help="preference data: export ranked pairs")
+    prefs_sub = prefs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    from ptgym.judgments import ExportCommand
+
+    pe = prefs_sub.add_parser(
+        "export",
+        help="write a run's judgments (ptgym tui rank) as preference JSONL for rm/dpo",
+        epilog="config keys:\n" + "\n".join(describe(ExportCommand)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pe.add_argument("run", help="the run directory holding judgments.jsonl")
+    pe.add_argument("overrides", nargs="*", metavar="key=value", help="out=FILE ties=true ...")
+    pe.set_defaults(fn=cmd_prefs_export)
     return parser
 
 

@@ -1,0 +1,561 @@
+"""Pairwise human judgments over a run: pairs, the event log, replay, agreement, export (DESIGN §10).
+
+The rank screen (``tui/screens/rank.py``) is a thin view over this module; everything that decides
+what is on disk lives here, so it is tested without a terminal and imports neither textual nor torch.
+
+- **Pairs.** Two trajectories of the same group (same task, same policy version) that finished
+  without an infrastructure error. A pair's key is its two ids sorted, so every annotator refers
+  to the same pair whichever side each was shown. Pairs are ordered by a hash of (seed, key): the
+  order is the same for every annotator (so their work overlaps and agreement can be measured)
+  and stays put when a live run adds groups.
+- **The log.** ``RUN/judgments.jsonl``, one JSON event a line, only ever appended (one
+  ``os.write`` of a whole line on an ``O_APPEND`` descriptor, then ``fsync``), so a crash loses at
+  most the line being written and two annotators may share the file. ``judge`` events record the
+  annotator, the pair, which trajectory was shown on the left and right, and the choice
+  (``left``/``right``/``tie``/``skip``); ``revert`` events undo an earlier judge event by id.
+- **Replay.** The current state is the judge events minus the reverted ones; a later judgment of
+  the same pair by the same annotator replaces the earlier one. A line that does not parse (a
+  torn write) is skipped and counted.
+- **Agreement.** Cohen's kappa (Cohen, 1960) between two annotators over the pairs both decided
+  (skips left out), labels in the pair's canonical orientation (first id wins / second wins /
+  tie); position bias is the share of decided, non-tie judgments won by the left side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptgym.config import opt
+from ptgym.store import RecordReader
+
+JUDGMENTS_FILE = "judgments.jsonl"
+CHOICES = ("left", "right", "tie", "skip")
+LOG_VERSION = 1
+
+
+# --- candidates and pairs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trajectory that can be ranked, and where its record lives (stream file, record index)."""
+
+    id: str
+    group: str
+    task_id: str
+    step: int  # 1-based training step (policy_version + 1)
+    file: Path
+    index: int
+    response_hash: str  # of the messages after the prompt: equal responses are not paired
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str  # "idA|idB", ids sorted
+    a: Candidate  # the first id of the key
+    b: Candidate
+    group: str
+
+
+def pair_key(id1: str, id2: str) -> str:
+    return "|".join(sorted((id1, id2)))
+
+
+def split_prompt(messages: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """``(prompt, response)``: the messages before the first assistant message, and the rest."""
+    for i, m in enumerate(messages):
+        if m.get("role") == "assistant":
+            return messages[:i], messages[i:]
+    return messages, []
+
+
+def _hash(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest())
+
+
+def load_candidates(run_dir: str | Path) -> list[Candidate]:
+    """Every trajectory of the run without an error and with a response, in store order."""
+    out = []
+    for path in sorted((Path(run_dir) / "trajectories").glob("*.msgpack")):
+        reader = RecordReader(path)
+        for index, r in enumerate(reader):
+            _, response = split_prompt(r.get("messages") or [])
+            if r.get("error") or not response:
+                continue
+            digest = hashlib.blake2b(
+                json.dumps(response, sort_keys=True).encode(), digest_size=8
+            ).hexdigest()
+            out.append(
+                Candidate(
+                    id=r["id"],
+                    group=r.get("group_id", ""),
+                    task_id=r.get("task_id", ""),
+                    step=int(r.get("policy_version", 0)) + 1,
+                    file=path,
+                    index=index,
+                    response_hash=digest,
+                )
+            )
+    return out
+
+
+def make_pairs(
+    candidates: Iterable[Candidate], *, seed: int = 0, per_group: int | None = None
+) -> list[Pair]:
+    """Pairs within each group, in a seeded order that does not depend on when groups arrived.
+
+    Pairs whose two responses are identical are left out (there is nothing to choose).
+    ``per_group`` keeps at most that many pairs of each group (the first in the seeded order).
+    """
+    groups: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        groups.setdefault(c.group, []).append(c)
+    pairs = []
+    for group, members in groups.items():
+        found = []
+        for x, y in itertools.combinations(members, 2):
+            if x.response_hash == y.response_hash:
+                continue
+            a, b = (x, y) if x.id < y.id else (y, x)
+            found.append(Pair(pair_key(a.id, b.id), a, b, group))
+        found.sort(key=lambda p: _hash(str(seed), p.key))
+        pairs.extend(found[:per_group] if per_group is not None else found)
+    pairs.sort(key=lambda p: _hash(str(seed), p.key))
+    return pairs
+
+
+def sides(pair: Pair, annotator: str, seed: int = 0) -> tuple[Candidate, Candidate]:
+    """``(left, right)`` for this annotator: random per pair, the same every time it is shown."""
+    if _hash(str(seed), annotator, pair.key) & 1:
+        return pair.b, pair.a
+    return pair.a, pair.b
+
+
+# --- the event log -----------------------------------------------------------------------------
+
+
+@dataclass
+class Judgment:
+    id: str
+    annotator: str
+    pair: str
+    left: str
+    right: str
+    choice: str  # left | right | tie | skip
+    time: float
+    group: str = ""
+    task_id: str = ""
+    step: int = 0
+
+    @property
+    def winner(self) -> str | None:
+        return {"left": self.left, "right": self.right}.get(self.choice)
+
+    @property
+    def loser(self) -> str | None:
+        return {"left": self.right, "right": self.left}.get(self.choice)
+
+
+@dataclass
+class LogState:
+    """The replayed log: active judgments in file order, and what replay skipped."""
+
+    judgments: list[Judgment] = field(default_factory=list)
+    bad_lines: int = 0
+
+    def by(self, annotator: str) -> list[Judgment]:
+        return [j for j in self.judgments if j.annotator == annotator]
+
+    def annotators(self) -> list[str]:
+        return sorted({j.annotator for j in self.judgments})
+
+
+def read_events(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Every parseable event of a log, and the number of lines that did not parse."""
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    events, bad = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(event, dict) and event.get("event") in ("judge", "revert"):
+                events.append(event)
+            else:
+                bad += 1
+    return events, bad
+
+
+def replay(events: Iterable[dict[str, Any]]) -> list[Judgment]:
+    """Active judgments in log order: reverted ones removed, a re-judged pair keeps its latest."""
+    active: dict[str, Judgment] = {}  # judge-event id -> judgment, insertion = log order
+    latest: dict[tuple[str, str], str] = {}  # (annotator, pair) -> judge-event id
+    for e in events:
+        if e["event"] == "judge":
+            j = Judgment(
+                id=e["id"],
+                annotator=e["annotator"],
+                pair=e["pair"],
+                left=e["left"],
+                right=e["right"],
+                choice=e["choice"],
+                time=e.get("time", 0.0),
+                group=e.get("group", ""),
+                task_id=e.get("task_id", ""),
+                step=e.get("step", 0),
+            )
+            old = latest.get((j.annotator, j.pair))
+            if old is not None:
+                active.pop(old, None)
+            active[j.id] = j
+            latest[(j.annotator, j.pair)] = j.id
+        else:
+            reverted = active.pop(e["target"], None)
+            if reverted is not None:
+                latest.pop((reverted.annotator, reverted.pair), None)
+    return list(active.values())
+
+
+def read_log(run_dir: str | Path) -> LogState:
+    events, bad = read_events(Path(run_dir) / JUDGMENTS_FILE)
+    return LogState(replay(events), bad)
+
+
+class JudgmentLog:
+    """Appends events to ``RUN/judgments.jsonl``; each ``append`` is on disk when it returns."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / JUDGMENTS_FILE
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # A torn last line (a crash mid-write) must not swallow the next event: start a new line.
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                self._needs_newline = f.read(1) != b"\n"
+        else:
+            self._needs_newline = False
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        if self._needs_newline:
+            line = "\n" + line
+            self._needs_newline = False
+        os.write(self._fd, line.encode())
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def judge_event(
+    annotator: str, pair: Pair, left: Candidate, right: Candidate, choice: str
+) -> dict[str, Any]:
+    if choice not in CHOICES:
+        raise ValueError(f"unknown choice {choice!r}: use one of {', '.join(CHOICES)}")
+    return {
+        "v": LOG_VERSION,
+        "event": "judge",
+        "id": uuid.uuid4().hex[:16],
+        "annotator": annotator,
+        "pair": pair.key,
+        "left": left.id,
+        "right": right.id,
+        "choice": choice,
+        "time": time.time(),
+        "group": pair.group,
+        "task_id": pair.a.task_id,
+        "step": pair.a.step,
+    }
+
+
+def revert_event(annotator: str, target: str) -> dict[str, Any]:
+    return {
+        "v": LOG_VERSION,
+        "event": "revert",
+        "id": uuid.uuid4().hex[:16],
+        "annotator": annotator,
+        "target": target,
+        "time": time.time(),
+    }
+
+
+# --- a ranking session -------------------------------------------------------------------------
+
+
+class RankSession:
+    """One annotator working through a run's pairs: what to show next, judge, undo.
+
+    Replays the log at start, so a reopened session continues at the first pair this annotator
+    has not handled (judged, tied or skipped); an undone pair comes back first.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        annotator: str,
+        *,
+        seed: int = 0,
+        per_group: int | None = None,
+        candidates: list[Candidate] | None = None,
+    ):
+        if not annotator:
+            raise ValueError("an annotator name is needed (--annotator NAME)")
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "trajectories").is_dir():
+            raise FileNotFoundError(
+                f"{self.run_dir} has no trajectories/ folder: pass a run directory written by "
+                "`ptgym train` or `ptgym rollout`"
+            )
+        self.annotator = annotator
+        self.seed = seed
+        if candidates is None:
+            candidates = load_candidates(self.run_dir)
+        self.pairs = make_pairs(candidates, seed=seed, per_group=per_group)
+        self._keys = {p.key for p in self.pairs}
+        state = read_log(self.run_dir)
+        self.bad_lines = state.bad_lines
+        self.others: Counter[str] = Counter(
+            j.annotator for j in state.judgments if j.annotator != annotator
+        )
+        self._mine: list[Judgment] = state.by(annotator)  # active, in order: the undo stack
+        self._handled = {j.pair for j in self._mine}
+        self._cursor = 0  # every pair before it is handled
+        self._log = JudgmentLog(self.run_dir)
+        self._readers: dict[Path, RecordReader] = {}
+
+    @property
+    def done(self) -> int:
+        return len(self._mine)
+
+    @property
+    def left(self) -> int:
+        return len(self._keys) - len(self._handled & self._keys)
+
+    def current(self) -> tuple[Pair, Candidate, Candidate] | None:
+        """The pair to show now with its sides, or None when every pair is handled."""
+        while self._cursor < len(self.pairs) and self.pairs[self._cursor].key in self._handled:
+            self._cursor += 1
+        if self._cursor == len(self.pairs):
+            return None
+        pair = self.pairs[self._cursor]
+        return (pair, *sides(pair, self.annotator, self.seed))
+
+    def judge(self, choice: str) -> Judgment:
+        """Record a choice for the current pair; on disk (fsynced) when this returns."""
+        shown = self.current()
+        if shown is None:
+            raise IndexError("every pair is already ranked")
+        event = judge_event(self.annotator, *shown, choice)
+        self._log.append(event)
+        (j,) = replay([event])
+        self._mine.append(j)
+        self._handled.add(j.pair)
+        return j
+
+    def undo(self) -> Judgment | None:
+        """Revert this annotator's latest active judgment (appends a revert event)."""
+        if not self._mine:
+            return None
+        j = self._mine.pop()
+        self._log.append(revert_event(self.annotator, j.id))
+        self._handled.discard(j.pair)
+        self._cursor = 0  # the undone pair sits before the cursor
+        return j
+
+    def trajectory_record(self, c: Candidate) -> dict[str, Any]:
+        """The raw record of a candidate (random access through the stream's index)."""
+        reader = self._readers.get(c.file)
+        if reader is None or c.index >= len(reader):
+            reader = self._readers[c.file] = RecordReader(c.file)
+        return reader[c.index]
+
+    def close(self) -> None:
+        self._log.close()
+
+
+# --- agreement ---------------------------------------------------------------------------------
+
+
+def canonical_label(j: Judgment) -> str:
+    """The choice relative to the pair's key: ``first`` / ``second`` (id order) or ``tie``."""
+    if j.choice == "tie":
+        return "tie"
+    first = j.pair.split("|")[0]
+    return "first" if j.winner == first else "second"
+
+
+def cohen_kappa(a: list[str], b: list[str]) -> float:
+    """Cohen's kappa of two raters' labels on the same items: (p_o - p_e) / (1 - p_e).
+
+    p_o is the observed agreement, p_e the agreement expected from each rater's label frequencies.
+    NaN when undefined (no items, or both raters always gave one and the same label).
+    """
+    assert len(a) == len(b), "kappa needs one label per item from each rater"
+    n = len(a)
+    if n == 0:
+        return float("nan")
+    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    ca, cb = Counter(a), Counter(b)
+    p_e = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    if p_e == 1:
+        return float("nan")
+    return (p_o - p_e) / (1 - p_e)
+
+
+def agreement(judgments: list[Judgment]) -> dict[tuple[str, str], tuple[int, float]]:
+    """``{(annotator1, annotator2): (pairs both decided, kappa)}`` for every two annotators."""
+    decided: dict[str, dict[str, str]] = {}
+    for j in judgments:
+        if j.choice != "skip":
+            decided.setdefault(j.annotator, {})[j.pair] = canonical_label(j)
+    out = {}
+    for x, y in itertools.combinations(sorted(decided), 2):
+        common = sorted(decided[x].keys() & decided[y].keys())
+        labels_x = [decided[x][p] for p in common]
+        labels_y = [decided[y][p] for p in common]
+        out[(x, y)] = (len(common), cohen_kappa(labels_x, labels_y))
+    return out
+
+
+def left_wins(judgments: list[Judgment]) -> tuple[int, int]:
+    """``(won by the left side, decided)`` over judgments with a winner (no ties, no skips)."""
+    decided = [j for j in judgments if j.choice in ("left", "right")]
+    return sum(j.choice == "left" for j in decided), len(decided)
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def _records_by_id(run_dir: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted((run_dir / "trajectories").glob("*.msgpack")):
+        for r in RecordReader(path):
+            if r["id"] in ids:
+                found[r["id"]] = r
+    missing = ids - found.keys()
+    if missing:
+        raise ValueError(
+            f"{len(missing)} judged trajectories are not in {run_dir}/trajectories "
+            f"(e.g. {sorted(missing)[0]}): was the run resumed past them? Export the judgments "
+            "of another run directory, or re-rank"
+        )
+    return found
+
+
+def preferences(
+    run_dir: str | Path,
+    *,
+    include_ties: bool = False,
+    annotators: list[str] | None = None,
+) -> Iterator[Any]:
+    """One ``ptgym.prefs.Preference`` per active judgment (skips never; ties only if asked)."""
+    from ptgym.prefs import Preference
+
+    run_dir = Path(run_dir)
+    judgments = [
+        j
+        for j in read_log(run_dir).judgments
+        if j.choice != "skip"
+        and (include_ties or j.choice != "tie")
+        and (annotators is None or j.annotator in annotators)
+    ]
+    records = _records_by_id(run_dir, {i for j in judgments for i in (j.left, j.right)})
+    for j in judgments:
+        chosen, rejected = (j.winner, j.loser) if j.choice != "tie" else (j.left, j.right)
+        prompt, chosen_msgs = split_prompt(records[chosen]["messages"])
+        _, rejected_msgs = split_prompt(records[rejected]["messages"])
+        yield Preference(
+            prompt=prompt,
+            chosen=chosen_msgs,
+            rejected=rejected_msgs,
+            label="tie" if j.choice == "tie" else "chosen",
+            annotator=j.annotator,
+            time=j.time,
+            shown_first="chosen" if j.left == chosen else "rejected",
+            run=str(run_dir),
+            chosen_id=chosen,
+            rejected_id=rejected,
+            task_id=j.task_id or None,
+        )
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    include_ties: bool = False,
+    annotators: list[str] | None = None,
+) -> int:
+    """Write the run's judgments as a preference JSONL (``ptgym.prefs``); returns the rows."""
+    from ptgym.prefs import write_preferences
+
+    prefs = list(preferences(run_dir, include_ties=include_ties, annotators=annotators))
+    return write_preferences(out, prefs)
+
+
+def summary(run_dir: str | Path) -> list[str]:
+    """Lines describing the log: judgments per annotator, agreement, position bias."""
+    state = read_log(run_dir)
+    lines = []
+    for name in state.annotators():
+        mine = state.by(name)
+        counts = Counter(j.choice for j in mine)
+        won, decided = left_wins(mine)
+        share = f"{won / decided:.0%}" if decided else "-"
+        lines.append(
+            f"{name}: {len(mine)} judged ({counts['left'] + counts['right']} decided, "
+            f"{counts['tie']} ties, {counts['skip']} skips); left side won {share} of {decided}"
+        )
+    for (x, y), (n, kappa) in agreement(state.judgments).items():
+        shown = "n/a" if kappa != kappa else f"{kappa:.2f}"
+        lines.append(f"agreement {x} vs {y}: Cohen's kappa {shown} on {n} pairs both decided")
+    won, decided = left_wins(state.judgments)
+    if decided:
+        lines.append(f"position bias: the left side won {won / decided:.0%} of {decided}")
+    if state.bad_lines:
+        lines.append(f"skipped {state.bad_lines} unreadable line(s) in {JUDGMENTS_FILE}")
+    return lines
+
+
+@dataclass
+class ExportCommand:
+    """``ptgym prefs export RUN key=value...``"""
+
+    out: str = opt("prefs.jsonl", "where to write the preference JSONL (TRL columns + provenance)")
+    ties: bool = opt(False, "also write ties (label 'tie'; readers leave them out by default)")
+    annotator: str | None = opt(None, "only these annotators' judgments (comma-separated)")
+
+
+def run_export_command(run_dir: str | Path, cfg: ExportCommand) -> int:
+    """Export, then print what was written and the agreement summary; returns the rows."""
+    run_dir = Path(run_dir)
+    if not read_log(run_dir).judgments:
+        raise FileNotFoundError(
+            f"no judgments in {run_dir / JUDGMENTS_FILE}: rank pairs first with "
+            f"`ptgym tui rank {run_dir}`"
+        )
+    names = [a for a in cfg.annotator.split(",") if a] if cfg.annotator else None
+    rows = export(run_dir, cfg.out, include_ties=cfg.ties, annotators=names)
+    print(f"wrote {rows} preferences to {cfg.out}")
+    for line in summary(run_dir):
+        print(f"  {line}")
+    return rows
