@@ -1,8 +1,11 @@
 """The rollout collector: groups of multi-turn episodes, token in, token out (DESIGN §2, §3).
 
 One loop drives every episode of a batch: the episodes whose env has answered are batched into one
-``backend.generate`` call; each completion goes to its env's ``step`` in a thread pool, so a slow env
-(a Docker sandbox running tests) never blocks generation for the others. The next prompt extends the
+``backend.generate`` call; each completion goes to its env's ``step`` in an env runner
+(``runners.py``: a thread pool here, or Ray actors), so a slow env (a Docker sandbox running tests)
+never blocks generation for the others. The runner only calls the env and returns plain values;
+this loop alone renders, tokenises and writes the trajectories, so no episode state is shared
+between threads, and a renderer failure ends its own episode only. The next prompt extends the
 previous one with the observation tokens (``ChatRenderer.next_prompt``), never re-tokenising what was
 sampled.
 
@@ -20,7 +23,6 @@ The same config, seed and weights sample the same tokens however the batches wer
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import time
 import traceback
 from collections.abc import Callable
@@ -32,6 +34,7 @@ import numpy as np
 
 from ptgym.agents.backend import Backend, SamplingParams
 from ptgym.agents.chat import ChatRenderer
+from ptgym.runners import EnvResult, EnvRunner, LocalRunner
 from ptgym.types import Action, Trajectory, Turn
 
 # After the first env answers, the collector waits for the others so that they share one generate
@@ -60,19 +63,23 @@ def turn_seed(base: int, policy_version: int, task_seed: int, episode: int, turn
 
 @dataclass
 class _Episode:
+    """One episode's state; only the collector's own thread reads or writes it."""
+
     index: int  # place in the collect call's batch: task i, group member g -> i * group + g
-    env: gymnasium.Env
     traj: Trajectory
-    tools: list[dict] | None
+    options: dict[str, Any] | None
+    tools: list[dict] | None = None
     prompt: list[int] = field(default_factory=list)
     started: float = 0.0
-    pending: cf.Future | None = None
+    pending: Any = None  # the runner's handle of the env call in flight
+    completion: Any = None  # the last turn's Completion, for the history when its step returns
+    retried: bool = False
     done: bool = False
 
 
 @dataclass
 class CollectStats:
-    """Where the wall time of a ``collect`` call went (seconds)."""
+    """Where the wall time of a ``collect`` call went (seconds), and its infrastructure failures."""
 
     total: float = 0.0
     generation: float = 0.0  # inside backend.generate
@@ -80,6 +87,8 @@ class CollectStats:
     generated_tokens: int = 0
     generate_calls: int = 0  # backend.generate calls: fewer, fuller batches decode faster
     episodes: int = 0
+    retries: int = 0  # episodes started again after their env worker was lost before sampling
+    infra_errors: int = 0  # episodes ended because their env worker was lost
 
     def as_metrics(self) -> dict[str, float]:
         other = max(self.total - self.generation - self.env_wait, 0.0)
@@ -92,14 +101,16 @@ class CollectStats:
             "perf/gen_tokens_per_s": self.generated_tokens / max(self.generation, 1e-9),
             "perf/episodes_per_s": self.episodes / t,
             "perf/generate_calls": float(self.generate_calls),
+            "rollout/retries": float(self.retries),
+            "rollout/infra_errors": float(self.infra_errors),
         }
 
 
 class Collector:
     """Runs groups of episodes of one env with one backend.
 
-    ``env_factory`` makes a fresh env; envs are kept and reused (``reset``) across calls, so an
-    env holding a sandbox pool or a dataset is built once. ``seed`` (>= 0) is the base of every
+    ``runner`` is where env calls run (``runners.py``); by default a ``LocalRunner`` of
+    ``env_workers`` threads over envs made by ``env_factory``. ``seed`` (>= 0) is the base of every
     turn's sampling seed (``turn_seed``); ``sampling.seed`` is not used.
     """
 
@@ -107,7 +118,7 @@ class Collector:
         self,
         backend: Backend,
         renderer: ChatRenderer,
-        env_factory: Callable[[], gymnasium.Env],
+        env_factory: Callable[[], gymnasium.Env] | None,
         sampling: SamplingParams,
         budget: Budget,
         *,
@@ -116,25 +127,25 @@ class Collector:
         env_workers: int = 8,
         batch_size: int = 32,
         seed: int = 0,
+        runner: EnvRunner | None = None,
     ):
+        if runner is None:
+            assert env_factory is not None, "a Collector needs env_factory or runner"
+            runner = LocalRunner(env_factory, env_workers)
         self.backend = backend
         self.renderer = renderer
-        self.env_factory = env_factory
+        self.runner = runner
         self.sampling = sampling
         self.budget = budget
         self.env_id = env_id
         self.model_name = model_name
         self.batch_size = batch_size
         self.seed = seed
-        self._envs: list[gymnasium.Env] = []
-        self._pool = cf.ThreadPoolExecutor(max_workers=env_workers, thread_name_prefix="ptgym-env")
         self.stats = CollectStats()
         self._last_generate_s = FIRST_GENERATE_S
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        for env in self._envs:
-            env.close()
+        self.runner.close()
 
     def collect(
         self,
@@ -148,9 +159,6 @@ class Collector:
         """``group`` episodes for each seed (the same seed gives the same task): a GRPO batch."""
         start = time.perf_counter()
         self.stats = CollectStats()
-        n = len(seeds) * group
-        while len(self._envs) < n:
-            self._envs.append(self.env_factory())
         episodes = []
         for i, seed in enumerate(seeds):
             for g in range(group):
@@ -162,13 +170,13 @@ class Collector:
                     policy_version=policy_version,
                 )
                 traj.info["group_member"] = g
-                index = i * group + g
-                episodes.append(_Episode(index, self._envs[index], traj, None))
+                episodes.append(_Episode(i * group + g, traj, options))
         for ep in episodes:
-            ep.pending = self._pool.submit(self._reset, ep, options)
+            ep.started = time.perf_counter()
+            ep.pending = self.runner.reset(ep.index, ep.traj.seed, ep.options)
         self._run(episodes)
         self.stats.total = time.perf_counter() - start
-        self.stats.episodes = n
+        self.stats.episodes = len(episodes)
         return [ep.traj for ep in episodes]
 
     # --- the loop ---------------------------------------------------------------------------
@@ -176,19 +184,20 @@ class Collector:
     def _run(self, episodes: list[_Episode]) -> None:
         while True:
             waiting = [ep.pending for ep in episodes if ep.pending is not None]
-            if waiting and not all(f.done() for f in waiting):
-                t0 = time.perf_counter()
-                if all(ep.done or ep.pending is not None for ep in episodes) and not any(
-                    f.done() for f in waiting
-                ):
-                    cf.wait(waiting, return_when=cf.FIRST_COMPLETED)  # nothing to generate yet
-                gather_s = max(GATHER_MIN_S, GATHER_SHARE * self._last_generate_s)
-                cf.wait(waiting, timeout=gather_s)  # returns as soon as all have answered
-                self.stats.env_wait += time.perf_counter() - t0
-            for ep in episodes:
-                if ep.pending is not None and ep.pending.done():
-                    ep.pending.result()  # exceptions are caught inside _reset/_step
-                    ep.pending = None
+            if waiting:
+                answered = self.runner.wait(waiting, 0)
+                if len(answered) < len(waiting):
+                    t0 = time.perf_counter()
+                    if not answered and all(ep.done or ep.pending is not None for ep in episodes):
+                        self.runner.wait(waiting, None, first=True)  # nothing to generate yet
+                    gather_s = max(GATHER_MIN_S, GATHER_SHARE * self._last_generate_s)
+                    answered = self.runner.wait(waiting, gather_s)  # returns once all answered
+                    self.stats.env_wait += time.perf_counter() - t0
+                for ep in episodes:
+                    if ep.pending is not None and ep.pending in answered:
+                        result = self.runner.result(ep.pending)
+                        ep.pending = None
+                        self._receive(ep, result)
             ready = [ep for ep in episodes if not ep.done and ep.pending is None]
             if not ready:
                 if all(ep.done for ep in episodes):
@@ -240,38 +249,59 @@ class Collector:
                     gen_seconds=dt,
                 )
                 ep.traj.turns.append(turn)
-                ep.pending = self._pool.submit(self._step, ep, c)
+                ep.completion = c
+                action = Action(c.text, c.token_ids, c.logprobs, c.finish_reason)
+                ep.pending = self.runner.step(ep.index, action)
 
-    # --- env calls (worker threads) ---------------------------------------------------------
+    # --- what the envs answered (this thread only) ------------------------------------------
 
-    def _reset(self, ep: _Episode, options: dict[str, Any] | None) -> None:
-        ep.started = time.perf_counter()
-        try:
-            obs, info = ep.env.reset(seed=ep.traj.seed, options=options)
-        except Exception as exc:
-            self._fail(ep, exc)
+    def _receive(self, ep: _Episode, result: EnvResult) -> None:
+        """Apply one env call's result to its episode: render, tokenise, record. A failure
+        here (the renderer's or the env's) ends this episode only."""
+        stepped = bool(ep.traj.turns)
+        if stepped:
+            ep.traj.turns[-1].env_seconds = result.seconds
+        if result.error is not None:
+            if result.infra and not stepped and not ep.retried:
+                # The worker died before anything was sampled: starting again changes nothing
+                # the trajectory records (its turn seeds depend on where it sits, not when).
+                ep.retried = True
+                self.stats.retries += 1
+                ep.pending = self.runner.reset(ep.index, ep.traj.seed, ep.options)
+                return
+            if result.infra:
+                self.stats.infra_errors += 1
+                ep.traj.info["infra_error"] = True
+            self._fail(ep, result.error, result.traceback)
             return
+        assert result.value is not None
+        try:
+            if stepped:
+                self._after_step(ep, *result.value)
+            else:
+                self._after_reset(ep, *result.value)
+        except Exception as exc:  # a renderer failure is ours, not the model's
+            self._fail(ep, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
+
+    def _after_reset(self, ep: _Episode, obs: list[dict], info: dict[str, Any]) -> None:
         ep.tools = info.get("tools") or None
         ep.traj.task_id = str(info.get("task_id", ""))
         ep.traj.messages = list(obs)
         ep.prompt = list(self.renderer.initial(obs, ep.tools))
 
-    def _step(self, ep: _Episode, completion: Any) -> None:
+    def _after_step(
+        self,
+        ep: _Episode,
+        obs: list[dict],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        info: dict[str, Any],
+    ) -> None:
         turn = ep.traj.turns[-1]
-        action = Action(
-            completion.text, completion.token_ids, completion.logprobs, completion.finish_reason
-        )
-        t0 = time.perf_counter()
-        try:
-            obs, reward, terminated, truncated, info = ep.env.step(action)
-        except Exception as exc:
-            turn.env_seconds = time.perf_counter() - t0
-            self._fail(ep, exc)
-            return
-        turn.env_seconds = time.perf_counter() - t0
         turn.reward = float(reward)
         turn.observation = list(obs)
-        assistant = self.renderer.assistant_message(completion.text)
+        assistant = self.renderer.assistant_message(ep.completion.text)
         history = ep.traj.messages + [assistant]
         ep.traj.messages = history + list(obs)
         ep.traj.reward += float(reward)
@@ -289,18 +319,14 @@ class Collector:
                 reason="env" if terminated else "env_truncated",
             )
         else:
-            try:
-                ids, _extends = self.renderer.next_prompt(
-                    ep.prompt, completion.token_ids, history, list(obs), ep.tools
-                )
-            except Exception as exc:  # a renderer failure is ours, not the model's
-                self._fail(ep, exc)
-                return
+            ids, _extends = self.renderer.next_prompt(
+                ep.prompt, ep.completion.token_ids, history, list(obs), ep.tools
+            )
             ep.prompt = list(ids)
 
-    def _fail(self, ep: _Episode, exc: BaseException) -> None:
-        ep.traj.error = f"{type(exc).__name__}: {exc}"
-        ep.traj.info["traceback"] = traceback.format_exc(limit=5)
+    def _fail(self, ep: _Episode, error: str, trace: str | None) -> None:
+        ep.traj.error = error
+        ep.traj.info["traceback"] = trace or ""
         self._finish(ep, truncated=True, reason="error")
 
     def _finish(

@@ -6,6 +6,7 @@ template; envs are the real ``Digits-v0`` or the scripted envs of ``tests/envs_f
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -198,3 +199,78 @@ def test_malformed_tool_call_gets_an_error_observation_and_the_episode_goes_on(t
     assert any(second[i : i + len(error_ids)] == error_ids for i in range(len(second)))
     # Tool schemas were injected into the first prompt (SmolLM2's template knows no tools).
     assert np.array_equal(t.turns[0].prompt_ids, tiny[1].initial(t.messages[:1], [ECHO_TOOL]))
+
+
+class BrokenRenderer(ChatRenderer):
+    """The real renderer, except that it raises on the first prompt of task 1 and on the second
+    prompt of task 2: a template bug that only some conversations hit."""
+
+    def initial(self, messages, tools=None):
+        if messages[0]["content"].startswith("Task 1:"):
+            raise ValueError("template cannot render task 1")
+        return super().initial(messages, tools)
+
+    def next_prompt(self, prev_prompt_ids, completion_ids, history, observation, tools=None):
+        if history[0]["content"].startswith("Task 2:"):
+            raise ValueError("template cannot render task 2's second turn")
+        return super().next_prompt(prev_prompt_ids, completion_ids, history, observation, tools)
+
+
+def test_a_renderer_error_fails_only_its_own_episode(tiny):
+    backend, renderer = tiny
+    broken = BrokenRenderer(renderer.tokenizer)
+    trajs, _ = collect(backend, broken, EchoEnv, Budget(max_turns=2), [0, 1, 2, 3])
+    ok0, first, second, ok3 = trajs
+    assert first.error == "ValueError: template cannot render task 1" and first.turns == []
+    assert first.info["end"] == "error" and "initial" in first.info["traceback"]
+    assert second.error == "ValueError: template cannot render task 2's second turn"
+    assert len(second.turns) == 1 and second.turns[0].reward == pytest.approx(0.1)
+    assert second.info["end"] == "error" and "next_prompt" in second.info["traceback"]
+    for t in (ok0, ok3):
+        assert t.error is None and len(t.turns) == 2 and t.info["end"] == "max_turns"
+
+
+class ThreadCheckingTokenizer:
+    """The real tokenizer behind a wrapper that records the thread of every call.
+
+    Fast tokenizers raise "Already borrowed" when two threads use one at once; the collector keeps
+    all tokenizer use on its own thread."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.threads: list[str] = []
+
+    def _record(self):
+        self.threads.append(threading.current_thread().name)
+
+    def __call__(self, *args, **kwargs):
+        self._record()
+        return self._inner(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        self._record()
+        return self._inner.apply_chat_template(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        self._record()
+        return self._inner.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_the_tokenizer_is_used_on_the_collector_thread_only(tiny):
+    """Slow, jittery multi-turn envs keep several env threads busy; every render, encode and
+    decode (the backend's included) still runs on the thread that called ``collect``."""
+    model, real = tiny_model_and_tokenizer()
+    tokenizer = ThreadCheckingTokenizer(real)
+    backend = HFBackend(model, tokenizer)
+    delays = {s: 0.05 * s for s in range(6)}
+    factory = lambda: SlowEnv(delays, [], reset_delays=delays)  # noqa: E731
+    trajs, _ = collect(
+        backend, ChatRenderer(tokenizer), factory, Budget(max_turns=3), list(range(6)), group=2
+    )
+    assert all(t.error is None and len(t.turns) == 3 for t in trajs)
+    # 12 initial renders and 24 next prompts at least; all on this thread.
+    assert len(tokenizer.threads) >= 36
+    assert set(tokenizer.threads) == {threading.current_thread().name}
