@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,15 +241,36 @@ def load_tokenizer(name_or_path: str, *, chat_template: str | None = None) -> An
     return tokenizer
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def model_problem(name_or_path: str) -> str | None:
+    """Why ``name_or_path`` cannot name a model, or None: checked from the config, before any
+    weights load. A Hub id is only checked for its form (``org/name``): offline we cannot ask."""
+    if name_or_path in KNOWN_MODELS:
+        return None
+    if os.path.isdir(name_or_path):
+        if not (Path(name_or_path) / "config.json").is_file():
+            return "the folder holds no config.json (not a transformers model folder)"
+        return None
+    known = ", ".join(KNOWN_MODELS)
+    if HUB_ID.fullmatch(name_or_path) and not name_or_path.startswith((".", "~")):
+        return None  # a Hub id such as Qwen/Qwen2.5-0.5B-Instruct
+    if os.sep in name_or_path or name_or_path.startswith((".", "~")):
+        return f"no such folder; use a model folder, a Hugging Face id 'org/name' or {known}"
+    return (
+        f"not a known name ({known}), a local folder, or a Hugging Face id like "
+        "'org/name'; `ptgym models list` shows the names"
+    )
+
+
 def _model_folder(name_or_path: str) -> str | Path:
     if name_or_path in KNOWN_MODELS:
         return pull_model(name_or_path)
-    if os.path.isdir(name_or_path) or "/" in name_or_path:
-        return name_or_path  # a local folder or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct
-    raise ValueError(
-        f"unknown model {name_or_path!r}: not a known name ({', '.join(KNOWN_MODELS)}), "
-        "a local folder, or a Hugging Face id like 'org/name'"
-    )
+    problem = model_problem(name_or_path)
+    if problem:
+        raise ValueError(f"model {name_or_path!r}: {problem}")
+    return name_or_path
 
 
 def load_model(

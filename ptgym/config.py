@@ -12,6 +12,8 @@ valid keys or choices, and the closest match.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +85,9 @@ class EnvConfig:
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = opt(128, "per turn", minimum=1)
-    temperature: float = opt(1.0, "0 = greedy")
+    temperature: float = opt(1.0, "0 = greedy", minimum=0)
     top_p: float = opt(1.0, "nucleus sampling")
-    top_k: int = opt(0, "0 = off")
+    top_k: int = opt(0, "0 = off", minimum=0)
 
 
 @dataclass
@@ -297,12 +299,54 @@ def _validate(obj: Any) -> None:
         minimum = f.metadata.get("minimum")
         if minimum is not None and value is not None and value < minimum:
             raise ConfigError(f"{key} must be at least {minimum}, got {value}")
+    _check_model_and_mirrors(obj)
     algo = getattr(obj, "algo", None)
     if algo is not None and (algo.credit == "gae") != (algo.name == "ppo"):
         raise ConfigError(
             f"algo.credit={algo.credit} does not go with algo.name={algo.name}: "
             "gae needs a critic (algo=ppo); grpo uses credit=trajectory or credit=turn"
         )
+
+
+def _check_model_and_mirrors(obj: Any) -> None:
+    """What would otherwise fail only after the model loaded: the model name, the optional
+    mirror packages."""
+    model = getattr(obj, "model", None)
+    if model is not None:
+        from ptgym.agents.models import model_problem
+
+        problem = model_problem(model.name)
+        if problem:
+            raise ConfigError(f"model={model.name}: {problem}")
+    log = getattr(obj, "log", None)
+    for mirror in ("tensorboard", "wandb"):
+        if log is not None and getattr(log, mirror) and not _installed(mirror):
+            raise ConfigError(
+                f"log.{mirror}=true needs the {mirror} package: pip install 'ptgym[{mirror}]' "
+                f"(or drop log.{mirror}=true)"
+            )
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def make_out_dir(out: str) -> Path:
+    """Create the run directory ``out``; a path that cannot be created is the user's ``out=``."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"out={out}: cannot create the run directory ({exc.strerror or exc}); "
+            "choose a writable out=DIR"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"out={out}: the run directory is not writable; choose another out=DIR")
+    return path
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,44 @@ def test_a_bad_override_exits_2_with_one_line_on_stderr(args, message):
     assert result.stderr.startswith(message)
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Config mistakes must stop before any weights load: loading one fails the test."""
+    import ptgym.agents.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["train", "model=nonexistent"], "model=nonexistent"),
+        (["rollout", "model=nonexistent"], "model=nonexistent"),
+        (["train", "model=/no/such/folder"], "model=/no/such/folder"),
+        (["eval", "model=./no/such/folder"], "model=./no/such/folder"),
+        (["train", "model=tiny", "sampling.temperature=-1"], "sampling.temperature"),
+        (["eval", "model=tiny", "sampling.temperature=-1"], "sampling.temperature"),
+        (["train", "model=tiny", "log.tensorboard=true"], "log.tensorboard=true"),
+        (["train", "model=tiny", "log.wandb=true"], "log.wandb=true"),
+        (["train", "model=tiny", "out=/proc/x"], "out=/proc/x"),
+        (["rollout", "model=tiny", "out=/proc/x"], "out=/proc/x"),
+        (["eval", "model=tiny", "out=/proc/x"], "out=/proc/x"),
+    ],
+)
+def test_config_mistakes_exit_2_with_one_line_naming_the_key_before_a_model_loads(
+    args, key, capsys, monkeypatch, no_model_loads
+):
+    from ptgym.cli import main
+
+    # The mirrors' packages are optional: hide them so the test holds where they are installed.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ptgym {args[0]}: error: ") and err.count("\n") == 1, err
+    assert key in err and "Traceback" not in err
