@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ptgym.store import RecordReader, RecordWriter
+from ptgym.store import RecordFollower, RecordReader, RecordWriter
 from ptgym.types import Trajectory
 
 METRICS_FILE = "metrics.msgpack"
@@ -66,6 +66,25 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+class MetricsFollower:
+    """Follows ``RUN/metrics.msgpack`` while a run trains: ``poll`` returns the steps logged since
+    the last call and ``records`` holds them all (a torn last record waits for its end). When the
+    stream is cut (a resume drops steps), ``restarted`` is set and ``records`` starts over."""
+
+    def __init__(self, run_dir: str | Path):
+        self._follower = RecordFollower(Path(run_dir) / METRICS_FILE)
+        self.records: list[dict[str, Any]] = []
+        self.restarted = False
+
+    def poll(self) -> list[dict[str, Any]]:
+        got = self._follower.poll()
+        self.restarted = got.restarted
+        if got.restarted:
+            self.records = []
+        self.records.extend(got.records)
+        return got.records
 
 
 def _plain(v: Any) -> Any:

@@ -242,6 +242,89 @@ class RecordReader:
                 yield self._read_at(f, offset)
 
 
+@dataclass
+class Followed:
+    """What one ``RecordFollower.poll`` found: the new records, and whether the file restarted."""
+
+    records: list[Any]
+    restarted: bool = False  # the file shrank or was replaced: ``records`` start from record 0
+
+
+class RecordFollower:
+    """Reads a stream that is still being written: each ``poll`` returns the records appended since.
+
+    Toolong's poll watcher is the model: keep the byte offset after the last complete record, and
+    on each poll read from there to the current end. A frame that is not complete yet (a torn tail)
+    is "not yet written": the offset stays before it and the next poll tries again. A checksum
+    failure before the end of the file is corruption and raises. A file that shrinks or is replaced
+    (a resume's ``drop_after``, a rebuilt index) is read again from the start (``restarted``).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0  # byte after the last complete record (0: header not read yet)
+        self.count = 0  # complete records returned so far
+        self._inode: int | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes after the last complete record (a record being written, or a torn tail)."""
+        try:
+            return max(self.path.stat().st_size - self.offset, 0)
+        except FileNotFoundError:
+            return 0
+
+    def poll(self) -> Followed:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below; stat must be of this open file
+        except FileNotFoundError:
+            restarted = self.offset > 0
+            self.offset, self.count, self._inode = 0, 0, None
+            return Followed([], restarted)
+        with f:
+            st = os.fstat(f.fileno())
+            restarted = False
+            if self._inode is not None and (st.st_ino != self._inode or st.st_size < self.offset):
+                self.offset, self.count, restarted = 0, 0, True
+            self._inode = st.st_ino
+            if st.st_size == self.offset:
+                return Followed([], restarted)
+            f.seek(self.offset)
+            data = f.read(st.st_size - self.offset)
+        return Followed(self._parse(data), restarted)
+
+    def _parse(self, data: bytes) -> list[Any]:
+        pos = 0
+        if self.offset == 0:
+            if len(data) < len(HEADER):
+                if not HEADER.startswith(data):
+                    raise CorruptStreamError(f"{self.path} is not a ptgym record stream")
+                return []
+            if not data.startswith(MAGIC):
+                raise CorruptStreamError(f"{self.path} is not a ptgym record stream (bad magic)")
+            pos = len(HEADER)
+        records: list[Any] = []
+        end = len(data)
+        while pos + FRAME.size <= end:
+            length, crc = FRAME.unpack_from(data, pos)
+            stop = pos + FRAME.size + length
+            if length > MAX_RECORD or stop > end:
+                break  # not yet written
+            payload = data[pos + FRAME.size : stop]
+            if zlib.crc32(payload) != crc:
+                if stop == end:
+                    break  # a last record still settling, or a torn write: not yet written
+                raise CorruptStreamError(
+                    f"{self.path}: the record at byte {self.offset + pos} fails its checksum: the "
+                    "file is damaged in the middle, not just torn at the end"
+                )
+            records.append(_unpack(payload))
+            pos = stop
+        self.offset += pos
+        self.count += len(records)
+        return records
+
+
 class TrajectoryStore:
     """``RUN/trajectories/*.msgpack``: one append-only stream per writer, read as one collection."""
 
@@ -249,20 +332,28 @@ class TrajectoryStore:
         self.dir = Path(run_dir) / "trajectories"
         self.stream = stream
         self._writer: RecordWriter | None = None
+        self._summary: Any = None  # ptgym.runindex.SummaryWriter, opened with the stream
 
     def append(self, trajectory: Trajectory) -> None:
-        if self._writer is None:
-            self._writer = RecordWriter(self.dir / f"{self.stream}.msgpack")
-        self._writer.append(trajectory.to_record())
+        self.extend([trajectory])
 
     def extend(self, trajectories: list[Trajectory]) -> None:
+        """Append trajectories, then their rows of the summary index (``ptgym.runindex``)."""
+        if self._writer is None:
+            from ptgym.runindex import SummaryWriter  # runindex reads this module: import late
+
+            self._writer = RecordWriter(self.dir / f"{self.stream}.msgpack")
+            self._summary = SummaryWriter(self._writer)
         for t in trajectories:
-            self.append(t)
+            self._writer.append(t.to_record())
+        self._summary.extend(trajectories)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._summary.close()
             self._writer = None
+            self._summary = None
 
     def files(self) -> list[Path]:
         return sorted(self.dir.glob("*.msgpack"))

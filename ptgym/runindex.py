@@ -1,0 +1,465 @@
+"""A run's trajectories for a UI: a small summary row per trajectory, full ones decoded on demand.
+
+Usage (the TUI's rollouts and rank screens build on this)::
+
+    from ptgym.runindex import RunIndex
+
+    index = RunIndex("runs/math")        # reads the summary index (no token arrays decoded)
+    rows = index.summaries()             # Summaries: columns over every trajectory, in file order
+    len(rows), rows.reward, rows.step    # numpy columns: step, reward, turns, length, kept, ...
+    rows.id[i], rows.env[i], rows.error[i], rows.prompt[i]   # list columns (str / None)
+    order = rows.order("reward", descending=True)            # row numbers, sorted
+    hits = rows.select(reward_min=0.5, env="ptgym/Math-v0", error=False, kept=True,
+                       text="boxed", step=3)                  # row numbers that match
+    rows.row(i)                          # one Summary (a dataclass) for display
+    traj = index.trajectory(i)           # a ptgym.types.Trajectory, decoded now, LRU-cached
+    traj = index.trajectory("3f2a...")   # ... or by trajectory id
+    notes = index.annotations()          # {id: Annotation(step, kept, drop_reason, advantages)}
+    new = index.refresh()                # rows appended since (a live run); summaries() is new
+
+``Summaries`` is a snapshot: ``refresh`` never changes one already handed out. ``kept`` is joined
+from ``RUN/trainer.msgpack`` (what the trainer knew; 1 kept, 0 dropped, -1 unknown, e.g. a run
+from ``ptgym rollout`` has no such file).
+
+Why a separate index: sorting or filtering 100,000 trajectories must not decode their token arrays.
+``TrajectoryStore`` writes, beside each stream ``trajectories/NAME.msgpack``, a stream
+``trajectories/NAME.summary`` (same record format, one record per ``extend`` call holding one row
+per trajectory, row k describing record k). It is derived data: the writer checks it against the
+stream when it opens one and cuts or completes it (after a crash or a resume's ``drop_after``); a
+run written before the index existed is summarised by decoding its stream once, in memory.
+Imports neither torch nor textual.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptgym.store import (
+    FRAME,
+    CorruptStreamError,
+    RecordFollower,
+    RecordReader,
+    RecordWriter,
+    _unpack,
+)
+from ptgym.types import Trajectory
+
+TRAINER_FILE = "trainer.msgpack"  # what the trainer knew per trajectory (INTERFACES.md)
+SUMMARY_SUFFIX = ".summary"
+COLUMNS = (
+    "id",
+    "step",
+    "env",
+    "task",
+    "group",
+    "reward",
+    "turns",
+    "length",
+    "error",
+    "terminated",
+    "truncated",
+    "prompt",
+    "answer",
+)
+PREVIEW = 80  # characters of the prompt and the answer kept for the list and text search
+
+
+def summary_path(stream: Path) -> Path:
+    return stream.with_suffix(SUMMARY_SUFFIX)
+
+
+def _preview(text: Any) -> str:
+    return " ".join(str(text or "").split())[:PREVIEW]
+
+
+def _previews(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    prompt = next((m.get("content") for m in messages if m.get("role") == "user"), "")
+    answer = next(
+        (m.get("content") for m in reversed(messages) if m.get("role") == "assistant"), ""
+    )
+    return _preview(prompt), _preview(answer)
+
+
+def summary_row(t: Trajectory) -> list[Any]:
+    """The summary row of a trajectory, in ``COLUMNS`` order. ``step`` is 1-based: the step whose
+    rollout produced it (``policy_version + 1``, as in metrics.msgpack)."""
+    prompt, answer = _previews(t.messages)
+    return [
+        t.id,
+        t.policy_version + 1,
+        t.env_id,
+        t.task_id,
+        t.group_id,
+        float(t.reward),
+        len(t.turns),
+        t.num_completion_tokens,
+        t.error,
+        bool(t.terminated),
+        bool(t.truncated),
+        prompt,
+        answer,
+    ]
+
+
+def record_summary_row(r: dict[str, Any]) -> list[Any]:
+    """``summary_row`` of a stored record, without decoding its token arrays."""
+    turns = r.get("turns", [])
+    length = sum(len(turn["completion_ids"]) // turn.get("id_width", 4) for turn in turns)
+    prompt, answer = _previews(r.get("messages", []))
+    return [
+        r["id"],
+        r.get("policy_version", 0) + 1,
+        r["env_id"],
+        r.get("task_id", ""),
+        r.get("group_id", ""),
+        float(r.get("reward", 0.0)),
+        len(turns),
+        length,
+        r.get("error"),
+        bool(r.get("terminated", False)),
+        bool(r.get("truncated", False)),
+        prompt,
+        answer,
+    ]
+
+
+def _rows_of(record: dict[str, Any]) -> list[list[Any]]:
+    cols = record.get("cols", COLUMNS)
+    if tuple(cols) == COLUMNS:
+        return record["rows"]
+    where = {c: i for i, c in enumerate(cols)}  # an older or newer writer: map by name
+    return [[row[where[c]] if c in where else None for c in COLUMNS] for row in record["rows"]]
+
+
+def read_summary_rows(path: Path) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for record in RecordFollower(path).poll().records:
+        rows.extend(_rows_of(record))
+    return rows
+
+
+class SummaryWriter:
+    """Appends summary rows beside a stream; opened by ``TrajectoryStore`` with its writer."""
+
+    CHUNK = 4096
+
+    def __init__(self, stream: RecordWriter):
+        self.path = summary_path(stream.path)
+        self._reconcile(stream.path, stream.count)
+        self._w = RecordWriter(self.path)
+
+    def _reconcile(self, stream_path: Path, count: int) -> None:
+        """Make row k describe stream record k for every record the stream holds now."""
+        try:
+            rows = read_summary_rows(self.path) if self.path.exists() else []
+        except CorruptStreamError:
+            rows = []
+        reader = RecordReader(stream_path) if count else None
+        if len(rows) == count and (not count or rows[-1][0] == reader[count - 1]["id"]):
+            return
+        keep = min(len(rows), count)
+        if keep and rows[keep - 1][0] != reader[keep - 1]["id"]:
+            keep = 0  # the stream was rewritten under the index: rebuild it whole
+        rows = rows[:keep] + [record_summary_row(reader[k]) for k in range(keep, count)]
+        for p in (self.path, self.path.with_suffix(self.path.suffix + ".idx")):
+            p.unlink(missing_ok=True)
+        with RecordWriter(self.path) as w:
+            for i in range(0, len(rows), self.CHUNK):
+                w.append({"cols": list(COLUMNS), "rows": rows[i : i + self.CHUNK]})
+
+    def extend(self, trajectories: list[Trajectory]) -> None:
+        if trajectories:
+            self._w.append({"cols": list(COLUMNS), "rows": [summary_row(t) for t in trajectories]})
+
+    def close(self) -> None:
+        self._w.close()
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One trajectory's row, for display."""
+
+    index: int
+    id: str
+    step: int
+    env: str
+    task: str
+    group: str
+    reward: float
+    turns: int
+    length: int
+    error: str | None
+    terminated: bool
+    truncated: bool
+    prompt: str
+    answer: str
+    kept: bool | None
+
+
+@dataclass
+class Summaries:
+    """Columns over every trajectory of a run (row i = the i-th trajectory in file order)."""
+
+    id: list[str] = field(default_factory=list)
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    env: list[str] = field(default_factory=list)
+    task: list[str] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+    reward: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    turns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    error: list[str | None] = field(default_factory=list)
+    terminated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    prompt: list[str] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # 1, 0, -1 unknown
+
+    NUMERIC = ("step", "reward", "turns", "length", "terminated", "truncated", "kept")
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def row(self, i: int) -> Summary:
+        kept = int(self.kept[i])
+        return Summary(
+            index=i,
+            id=self.id[i],
+            step=int(self.step[i]),
+            env=self.env[i],
+            task=self.task[i],
+            group=self.group[i],
+            reward=float(self.reward[i]),
+            turns=int(self.turns[i]),
+            length=int(self.length[i]),
+            error=self.error[i],
+            terminated=bool(self.terminated[i]),
+            truncated=bool(self.truncated[i]),
+            prompt=self.prompt[i],
+            answer=self.answer[i],
+            kept=None if kept < 0 else bool(kept),
+        )
+
+    def order(self, key: str, *, descending: bool = False) -> np.ndarray:
+        """Row numbers sorted by a column (stable: ties keep file order)."""
+        if key in self.NUMERIC:
+            values = getattr(self, key)
+            idx = np.argsort(-values if descending else values, kind="stable")
+            return idx.astype(np.int64)
+        if key not in COLUMNS:
+            raise KeyError(f"cannot sort by {key!r}: use one of {', '.join(COLUMNS)}")
+        col = [v or "" for v in getattr(self, key)]
+        return np.array(sorted(range(len(col)), key=col.__getitem__, reverse=descending), np.int64)
+
+    def select(
+        self,
+        *,
+        reward_min: float | None = None,
+        reward_max: float | None = None,
+        env: str | None = None,
+        error: bool | None = None,
+        kept: bool | None = None,
+        step: int | None = None,
+        text: str | None = None,
+    ) -> np.ndarray:
+        """Row numbers (in file order) matching every filter given; ``text`` is a case-insensitive
+        substring of the id, task, group, prompt, answer or error."""
+        mask = np.ones(len(self), bool)
+        if reward_min is not None:
+            mask &= self.reward >= reward_min
+        if reward_max is not None:
+            mask &= self.reward <= reward_max
+        if step is not None:
+            mask &= self.step == step
+        if kept is not None:
+            mask &= self.kept == int(kept)
+        if env is not None:
+            mask &= np.fromiter((e == env for e in self.env), bool, len(self))
+        if error is not None:
+            mask &= np.fromiter(((e is not None) == error for e in self.error), bool, len(self))
+        if text:
+            needle = text.lower()
+            fields_ = (self.id, self.task, self.group, self.prompt, self.answer, self.error)
+            hit = (
+                any(needle in (v or "").lower() for v in values)
+                for values in zip(*fields_, strict=True)
+            )
+            mask &= np.fromiter(hit, bool, len(self))
+        return np.flatnonzero(mask)
+
+    def extended(self, rows: list[list[Any]], kept: np.ndarray) -> Summaries:
+        """A new snapshot with ``rows`` appended (``kept`` covers the whole new snapshot)."""
+        if not rows:
+            return Summaries(**{**self._columns(), "kept": kept})
+        cols = list(zip(*rows, strict=True))
+        c = dict(zip(COLUMNS, cols, strict=True))
+        out = self._columns()
+        for name in ("id", "env", "task", "group", "error", "prompt", "answer"):
+            out[name] = out[name] + list(c[name])
+        for name, dtype in (
+            ("step", np.int64),
+            ("reward", np.float64),
+            ("turns", np.int64),
+            ("length", np.int64),
+            ("terminated", bool),
+            ("truncated", bool),
+        ):
+            out[name] = np.concatenate([out[name], np.asarray(c[name], dtype=dtype)])
+        out["kept"] = kept
+        return Summaries(**out)
+
+    def _columns(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (*COLUMNS, "kept")}
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """What the trainer knew about one trajectory (``RUN/trainer.msgpack``)."""
+
+    step: int
+    kept: bool
+    drop_reason: str | None
+    advantages: list[float]  # one per turn: the mean advantage over that turn's sampled tokens
+
+
+class _Stream:
+    """One trajectory stream: its summary rows (followed) and random access to its records."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.summary = summary_path(path)
+        # A run written before summaries existed: summarise by decoding the stream itself.
+        self.decode = not self.summary.exists()
+        self.follower = RecordFollower(path if self.decode else self.summary)
+        self.offsets = np.zeros(0, np.uint64)
+        self.rows = 0  # rows read so far
+
+    def poll(self) -> tuple[list[list[Any]], bool]:
+        if self.decode and self.follower.count == 0 and self.summary.exists():
+            # Opened between a new stream's creation and its summary's: follow the summary.
+            self.decode = False
+            self.follower = RecordFollower(self.summary)
+        got = self.follower.poll()
+        if self.decode:
+            return [record_summary_row(r) for r in got.records], got.restarted
+        return [row for rec in got.records for row in _rows_of(rec)], got.restarted
+
+    def record(self, k: int) -> dict[str, Any]:
+        if k >= len(self.offsets):
+            idx = self.path.with_suffix(self.path.suffix + ".idx")
+            self.offsets = np.fromfile(idx, dtype="<u8") if idx.exists() else self.offsets
+        if k < len(self.offsets):
+            with open(self.path, "rb") as f:
+                f.seek(int(self.offsets[k]))
+                head = f.read(FRAME.size)
+                if len(head) == FRAME.size:
+                    length, crc = FRAME.unpack(head)
+                    payload = f.read(length)
+                    if len(payload) == length and zlib.crc32(payload) == crc:
+                        return _unpack(payload)
+        # No index yet, or one that disagrees with the stream: the reader scans.
+        reader = RecordReader(self.path)
+        self.offsets = np.asarray(reader.offsets, dtype=np.uint64)
+        return reader[k]
+
+
+class RunIndex:
+    """Every trajectory of a run directory, summarised; see the module docstring for usage."""
+
+    def __init__(self, run_dir: str | Path, *, cache_size: int = 256):
+        self.run_dir = Path(run_dir)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, Trajectory] = OrderedDict()
+        self._notes = RecordFollower(self.run_dir / TRAINER_FILE)
+        self._annotations: dict[str, Annotation] = {}
+        self.refresh()
+
+    def _reset(self) -> None:
+        self._streams: dict[Path, _Stream] = {}
+        self._where: list[tuple[_Stream, int]] = []  # row -> (stream, record number)
+        self._by_id: dict[str, int] | None = None
+        self._rows: list[list[Any]] = []
+        self._summaries = Summaries()
+        self._cache.clear()
+
+    def refresh(self) -> int:
+        """Read what was appended since the last call; returns the number of new rows."""
+        if not hasattr(self, "_streams"):
+            self._reset()
+        new_notes = self._poll_notes()
+        new: list[list[Any]] = []
+        paths = sorted((self.run_dir / "trajectories").glob("*.msgpack"))
+        for path in paths:
+            stream = self._streams.setdefault(path, _Stream(path))
+            rows, restarted = stream.poll()
+            if restarted:  # a stream was cut (resume) or rewritten: read the whole run again
+                self._reset()
+                return self.refresh()
+            self._where.extend((stream, stream.rows + k) for k in range(len(rows)))
+            stream.rows += len(rows)
+            new.extend(rows)
+        if new or new_notes:
+            self._rows.extend(new)
+            if new:
+                self._by_id = None
+            self._summaries = self._summaries.extended(new, self._kept_column())
+        return len(new)
+
+    def _poll_notes(self) -> bool:
+        got = self._notes.poll()
+        if got.restarted:
+            self._annotations = {}
+        for r in got.records:
+            self._annotations[r["id"]] = Annotation(
+                step=int(r.get("step", 0)),
+                kept=bool(r.get("kept", False)),
+                drop_reason=r.get("drop_reason"),
+                advantages=[float(a) for a in r.get("advantages", [])],
+            )
+        return bool(got.records) or got.restarted
+
+    def _kept_column(self) -> np.ndarray:
+        notes = self._annotations
+        ids = [row[0] for row in self._rows]
+        return np.fromiter(
+            (int(notes[i].kept) if i in notes else -1 for i in ids), np.int8, len(ids)
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def summaries(self) -> Summaries:
+        return self._summaries
+
+    def annotations(self) -> dict[str, Annotation]:
+        """``{trajectory id: Annotation}``; empty when the run has no ``trainer.msgpack``."""
+        return self._annotations
+
+    def row_of(self, trajectory_id: str) -> int:
+        if self._by_id is None:
+            self._by_id = {row[0]: i for i, row in enumerate(self._rows)}
+        try:
+            return self._by_id[trajectory_id]
+        except KeyError:
+            raise KeyError(f"no trajectory with id {trajectory_id!r} in {self.run_dir}") from None
+
+    def trajectory(self, key: int | str) -> Trajectory:
+        """Trajectory by row number or id, decoded from its stream (the last few are cached)."""
+        i = self.row_of(key) if isinstance(key, str) else int(key)
+        if not 0 <= i < len(self._where):
+            raise IndexError(f"row {i} out of range: {self.run_dir} has {len(self._where)} rows")
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        stream, k = self._where[i]
+        traj = Trajectory.from_record(stream.record(k))
+        self._cache[i] = traj
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return traj
