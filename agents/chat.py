@@ -141,13 +141,21 @@ class ChatRenderer:
 
         With a tool-aware template the ``<tool_call>`` blocks move from ``content`` into
         ``tool_calls`` (the template renders them back); otherwise ``content`` stays the text.
-        Malformed calls are left out here; envs report them (``parse_tool_calls(...).errors``).
         """
-        parsed = parse_tool_calls(text, tools)
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": parsed.content if self.native_tools else text,
-        }
-        if parsed.calls:
-            message["tool_calls"] = [call.to_dict() for call in parsed.calls]
-        return message
+        return assistant_message(text, tools, strip_calls=self.native_tools)
+
+
+def assistant_message(
+    text: str, tools: list[dict[str, Any]] | None, *, strip_calls: bool
+) -> dict[str, Any]:
+    """An assistant message for ``text`` with its parsed ``tool_calls``; ``strip_calls`` removes the
+    call blocks from ``content``. Malformed calls are left out here; envs report them
+    (``parse_tool_calls(...).errors``)."""
+    parsed = parse_tool_calls(text, tools)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": parsed.content if strip_calls else text,
+    }
+    if parsed.calls:
+        message["tool_calls"] = [call.to_dict() for call in parsed.calls]
+    return message

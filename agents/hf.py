@@ -93,8 +93,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 class HFBackend:
     """Generate with a transformers causal LM (optionally wrapped by PEFT).
 
-    ``max_batch_size`` bounds the rows per ``generate`` call: memory grows with rows x length,
-    and with ``output_logits`` also with rows x new tokens x vocabulary. ``eos_token_ids`` are
+    ``max_batch_size`` bounds the rows per ``generate`` call: the KV cache grows with rows x
+    length (logprobs are taken per step, so no rows x tokens x vocabulary logits are kept).
+    ``eos_token_ids`` are
     the ids that end a completion (default: the model's ``generation_config.eos_token_id`` and
     the tokenizer's EOS).
     """

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from ptgym.agents.backend import Completion, SamplingParams
+from ptgym.agents.batcher import Batcher
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.openai_backend import OpenAIBackend
-from ptgym.agents.serve import Batcher, OpenAIServer
+from ptgym.agents.serve import OpenAIServer
 from ptgym.rollout import Budget, Collector, turn_seed
 from ptgym.types import Trajectory
 from tests.envs_for_tests import EchoEnv

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from ptgym.agents.backend import SamplingParams
+from ptgym.agents.batcher import Batcher
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
-from ptgym.agents.serve import Batcher, OpenAIServer, chat_message
+from ptgym.agents.openai_wire import chat_message
+from ptgym.agents.serve import OpenAIServer
 from tests.tiny import tiny_model_and_tokenizer
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
