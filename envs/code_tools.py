@@ -7,7 +7,7 @@ workspace that starts with ``solution.py`` holding the prompt (signature + docst
 tools to write, run and check code, and calls ``submit()`` when done. The hidden tests (the
 problem's ``check``) then run in a freshly reset sandbox on a copy of ``solution.py``; they are
 sent to the grader on stdin and never exist where the agent's code could reach them, and the
-verdict comes from a judge process the solution cannot touch (``ptgym.sandbox.grader``).
+verdict comes from a judge process the solution cannot touch (``ptgym.envs.humaneval_grader``).
 
 Tools (OpenAI function schemas in ``info["tools"]``), called in the Hermes format
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, several per reply allowed:
@@ -40,7 +40,8 @@ message per call (``name`` and ``tool_call_id`` set) or one ``role="user"`` remi
 ## Rewards
 
 On ``submit``: the fraction of hidden tests passed. Tests are HumanEval's asserts, one per
-top-level assert of ``check`` (rule in ``ptgym.sandbox.grader``); 164 problems, 1181 tests; all
+top-level assert of ``check`` that calls the solution (rule in ``ptgym.envs.humaneval_grader``);
+164 problems, 1133 tests; all
 164 canonical solutions score 1.0. Every step also adds ``-tool_call_penalty`` per tool call.
 An episode that ends without ``submit`` earns only the penalties.
 

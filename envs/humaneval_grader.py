@@ -15,8 +15,12 @@ that the code under test cannot forge the verdict:
 
 Per-assert results (the split rule): every top-level statement of ``check``'s body runs in
 order in one namespace; each top-level ``assert``, and each top-level compound statement
-(``for``/``while``/``if``/``with``/``try``) that contains an ``assert``, is one test; the other
-statements are setup. A check with no such statement is a single test: the whole ``check``.
+(``for``/``while``/``if``/``with``/``try``) that contains an ``assert``, is one test if it names
+the candidate (``candidate`` or the entry point); the other statements are setup. An assert that
+never calls the candidate (HumanEval's ``assert True, "This prints if this assert fails"``: 48 of
+them in 36 tasks) is not a test, else a solution that does not even load would earn credit. A
+check with no such statement is a single test: the whole ``check``. The solution is loaded before
+the first test; when it does not load, every test fails with the reason.
 
 Input (stdin, JSON): ``prompt``, ``solution``, ``test``, ``entry_point``, ``nonce``,
 ``call_timeout`` (seconds per candidate call), ``budget`` (seconds for everything).
@@ -169,14 +173,16 @@ class Worker:
             self.proc = None
 
 
-def units(test_source):
+def units(test_source, entry_point):
     """[(name, code object, is_test)] following the split rule in the module doc."""
     tree = ast.parse(test_source)
     check = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check")
+    callee = {"candidate", entry_point}
     out, tests = [], 0
     for stmt in check.body:
-        is_test = isinstance(stmt, ast.Assert) or any(
-            isinstance(n, ast.Assert) for n in ast.walk(stmt)
+        nodes = list(ast.walk(stmt))
+        is_test = any(isinstance(n, ast.Assert) for n in nodes) and any(
+            isinstance(n, ast.Name) and n.id in callee for n in nodes
         )
         tests += is_test
         code = compile(ast.Module(body=[stmt], type_ignores=[]), "<test>", "exec")
@@ -187,10 +193,8 @@ def units(test_source):
     return out
 
 
-def main():
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    spec = json.loads(sys.stdin.read())
+def judge(spec):
+    """Load the solution in a worker, run every unit of ``check``; the per-test results."""
     deadline = time.monotonic() + float(spec["budget"])
     worker = Worker(
         spec["prompt"] + "\n" + spec["solution"], spec["entry_point"], float(spec["call_timeout"])
@@ -200,10 +204,14 @@ def main():
     exec(compile(spec["test"], "<test>", "exec"), scope)
     # check() may also call the function by name (HumanEval/33): that is the candidate too.
     scope["candidate"] = scope[spec["entry_point"]] = worker
+    with contextlib.suppress(CandidateFailed):
+        worker.start()  # load first: a solution that does not load fails every test
     results = []
-    for name, code, is_test in units(spec["test"]):
+    for name, code, is_test in units(spec["test"], spec["entry_point"]):
         error = ""
-        if time.monotonic() > deadline:
+        if worker.load_error:
+            error = worker.load_error[:300]
+        elif time.monotonic() > deadline:
             error = "time budget exhausted"
         else:
             try:
@@ -217,7 +225,14 @@ def main():
         if is_test:
             results.append({"name": name, "passed": not error, "error": error})
     worker.stop()
-    print(spec["nonce"], json.dumps({"tests": results}), flush=True)
+    return results
+
+
+def main():
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    spec = json.loads(sys.stdin.read())
+    print(spec["nonce"], json.dumps({"tests": judge(spec)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ a canonical solution and a ``check(candidate)`` of asserts.
   the 164 prompts. A few contradict the reference solution (HumanEval/47, 116, 130, 148: errors
   in the dataset's docstrings); they are shown as written.
 - *Hidden tests* are the problem's ``check``, split into one result per assert and run by
-  ``ptgym.sandbox.grader`` so that the solution cannot forge its verdict (see that module).
+  ``ptgym.envs.humaneval_grader`` so that the solution cannot forge its verdict (see that module).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptgym.sandbox import SandboxPool, grader
+from ptgym.envs import humaneval_grader as grader
+from ptgym.sandbox import SandboxPool
 
 GRADER_SOURCE = Path(grader.__file__).read_text()
 VISIBLE_RUNNER = """
@@ -180,7 +181,7 @@ def grade(
     for line in r.stdout.splitlines():
         if line.startswith(nonce + " "):
             return Grade(tests=json.loads(line[len(nonce) + 1 :])["tests"])
-    names = [name for name, _, is_test in grader.units(task.test) if is_test]
+    names = [name for name, _, is_test in grader.units(task.test, task.entry_point) if is_test]
     why = "timed out" if r.timed_out else "ran out of memory" if r.oom else f"exit {r.exit_code}"
     note = f"the grader gave no verdict ({why}): {r.stderr[-300:]}"
     return Grade(tests=[{"name": n, "passed": False, "error": why} for n in names], note=note)
