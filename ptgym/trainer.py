@@ -24,6 +24,7 @@ from ptgym.config import ConfigError, TrainCommand, make_out_dir, to_yaml
 from ptgym.metrics import MetricsLogger, batch_metrics, step_metrics
 from ptgym.notes import NOTES_FILE, trainer_notes
 from ptgym.policy import build_policy
+from ptgym.runstatus import Heartbeat
 from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes
 from ptgym.update import Update, make_update, turn_advantages
 
@@ -77,6 +78,7 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     run = _prepare_run_dir(cfg)
     seed_everything(cfg.trainer.seed)
     log(f"ptgym train: env={cfg.env.name} algo={cfg.algo.name} model={cfg.model.name} -> {run}")
+    log(f"watch it live: ptgym tui monitor {run}")
     policy = build_policy(
         cfg.model, cfg.lora, value_head=cfg.algo.name == "ppo", need_reference=cfg.algo.beta > 0
     )
@@ -115,6 +117,8 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         unit="step",
         dynamic_ncols=True,
     )
+    heartbeat = Heartbeat(run, steps=cfg.trainer.steps, step=start)
+    outcome = "failed"
     try:
         for step in bar:
             last = _one_step(step, cfg, policy, collector, update, store, notes)
@@ -126,7 +130,10 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
                 ckpt.save_checkpoint(
                     run, step + 1, policy, optimizer, scheduler, keep=cfg.trainer.keep_checkpoints
                 )
+            heartbeat.beat(step + 1)
+        outcome = "finished"
     finally:
+        heartbeat.finish(outcome)
         bar.close()
         store.close()
         notes.close()
