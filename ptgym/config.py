@@ -130,6 +130,13 @@ class AlgoConfig:
     lam: float = opt(0.95, "GAE lambda")
     vf_coef: float = opt(0.5, "value-loss weight (PPO)")
     value_clip: float = opt(0.2, "value clipping range (PPO)")
+    correction: str = opt(
+        "auto",
+        "sampler/trainer mismatch correction: truncated importance weights per token or per "
+        "sequence; auto = off for the exact hf sampler, token for any other",
+        choices=("auto", "off", "token", "sequence"),
+    )
+    correction_cap: float = opt(2.0, "truncation of the sampler importance weights (TIS cap)")
 
 
 @dataclass

@@ -198,6 +198,7 @@ def grpo_loss(
     clip_high: float = 0.2,
     ref_logprobs: Tensor | None = None,
     beta: float = 0.0,
+    is_weights: Tensor | None = None,
     aggregate: Aggregator = token_mean,
     norm: float | None = None,
 ) -> tuple[Tensor, Stats]:
@@ -209,6 +210,10 @@ def grpo_loss(
     Deviations, each the paper's own option: separate ``clip_low``/``clip_high`` (DAPO's
     clip-higher, Yu et al. 2025 §3.1, suggests clip_high=0.28); ``beta=0`` by default (DAPO,
     Dr. GRPO drop the KL); aggregation chosen by ``aggregate`` (eq. 3 is ``seq_mean_token_mean``).
+
+    ``is_weights`` (B, T), detached, multiplies each token's surrogate: the truncated importance
+    weights of ``sampler_is_weights`` when the sampler is not the trainer's own forward pass
+    (then ``old_logprobs`` are the trainer's recomputed ones).
 
     Stats (token means over the mask): ``clip_frac`` (= ``clip_low_frac + clip_high_frac``, tokens
     whose gradient the clip zeroes), ``ratio_mean``, ``ratio_max``, ``approx_kl`` (k3 from the
@@ -223,6 +228,8 @@ def grpo_loss(
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_token = torch.maximum(unclipped, clipped)  # (B, T)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
 
     high = (advantages > 0) & (ratio > 1 + clip_high)
     low = (advantages < 0) & (ratio < 1 - clip_low)
@@ -252,6 +259,7 @@ def ppo_policy_loss(
     mask: Tensor,
     *,
     clip: float = 0.2,
+    is_weights: Tensor | None = None,
     aggregate: Aggregator = token_mean,
     norm: float | None = None,
 ) -> tuple[Tensor, Stats]:
@@ -262,8 +270,50 @@ def ppo_policy_loss(
     """
     return grpo_loss(
         logprobs, old_logprobs, advantages, mask,
-        clip_low=clip, clip_high=clip, aggregate=aggregate, norm=norm,
+        clip_low=clip, clip_high=clip, is_weights=is_weights, aggregate=aggregate, norm=norm,
     )  # fmt: skip
+
+
+def sampler_is_weights(
+    trainer_logprobs: Tensor,
+    sampler_logprobs: Tensor,
+    mask: Tensor,
+    *,
+    level: str = "token",
+    cap: float = 2.0,
+) -> tuple[Tensor, Stats]:
+    """Truncated importance weights that correct for a sampler that is not the trainer, (B, T).
+
+    A fast sampler (vLLM in bf16 with its own kernels, an int8 CPU decoder, a remote server)
+    samples from ``q`` while the trainer's forward pass computes ``pi_old`` for the same weights;
+    the policy gradient is an expectation under ``pi_old``, so each sampled token is weighed by
+    ``w = pi_old / q``, truncated at ``cap`` to bound the variance: truncated importance sampling
+    (TIS; Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL
+    Training"; Ionides 2008 for truncated IS). ``level="token"`` uses each token's own ratio
+    ``w_t = min(exp(lp_trainer_t - lp_sampler_t), cap)``; ``level="sequence"`` one weight per row,
+    ``min(exp(sum_t (lp_trainer_t - lp_sampler_t)), cap)`` broadcast to its tokens (unbiased for
+    sequence-level rewards, higher variance).
+
+    Stats: ``sampler_kl`` (k3 estimate of KL(q || pi_old) over the sampled tokens: small when the
+    sampler matches the trainer), ``is_capped_frac`` (share of sampled tokens whose weight was
+    truncated), ``is_weight_mean``.
+    """
+    sampled = mask.bool()
+    log_w = torch.where(sampled, trainer_logprobs - sampler_logprobs, 0.0).detach()  # (B, T)
+    if level == "sequence":
+        log_w = torch.where(sampled, log_w.sum(-1, keepdim=True), 0.0)
+    else:
+        assert level == "token", f"unknown level {level!r}"
+    raw = torch.exp(log_w)
+    weights = torch.where(sampled, torch.clamp(raw, max=cap), 0.0)
+    # k3 of KL(q || pi) with x ~ q: r = pi / q, E_q[r - 1 - log r] >= 0 (Schulman 2020).
+    r = torch.exp(torch.where(sampled, trainer_logprobs - sampler_logprobs, 0.0).detach())
+    stats: Stats = {
+        "sampler_kl": _masked_mean(r - 1 - torch.log(r), mask),
+        "is_capped_frac": _masked_mean((raw > cap).to(raw.dtype), mask),
+        "is_weight_mean": _masked_mean(weights, mask),
+    }
+    return weights, stats
 
 
 def value_loss(

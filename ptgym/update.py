@@ -42,6 +42,7 @@ class Batch:
     ref_logprobs: Tensor | None = None
     old_values: Tensor | None = None
     returns: Tensor | None = None
+    is_weights: Tensor | None = None  # truncated sampler importance weights (mismatch correction)
 
     def rows(self, sl: slice) -> Batch:
         return Batch(**{k: (v[sl] if v is not None else None) for k, v in vars(self).items()})
@@ -73,6 +74,8 @@ class Update:
         self.aggregation = L.AGGREGATIONS[algo.aggregation]
         self.max_tokens = rollout.max_tokens
         self.use_ref = algo.beta > 0
+        self.correction = resolve_correction(algo.correction, rollout)
+        self.correction_stats: dict[str, float] = {}
         device = policy.device
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -111,14 +114,32 @@ class Update:
         )
         if self.use_ref:
             batch.ref_logprobs = self._no_grad_pass(batch, reference=True)
+        if self.correction != "off":
+            self._correct_sampler(batch)
         self._credit(kept, batch)
         return batch
+
+    def _correct_sampler(self, batch: Batch) -> None:
+        """The trainer's own logprobs become the behaviour policy of the ratio; each token is
+        weighed by the truncated ``pi_trainer / q_sampler`` (``losses.sampler_is_weights``)."""
+        trainer_lp = self._no_grad_pass(batch, reference=False, values=False)
+        batch.is_weights, stats = L.sampler_is_weights(
+            trainer_lp,
+            batch.old_logprobs,
+            batch.mask,
+            level=self.correction,
+            cap=self.algo.correction_cap,
+        )
+        batch.old_logprobs = torch.where(batch.mask.bool(), trainer_lp, batch.old_logprobs)
+        self.correction_stats = {f"rollout/{k}": float(v) for k, v in stats.items()}
 
     def _credit(self, kept: list[Trajectory], batch: Batch) -> None:
         """Fill ``batch.advantages`` (B, T) (and, for PPO, old values and returns)."""
         raise NotImplementedError
 
-    def _no_grad_pass(self, batch: Batch, *, reference: bool) -> Tensor:
+    def _no_grad_pass(self, batch: Batch, *, reference: bool, values: bool = True) -> Tensor:
+        """The reference policy's logprobs, or the current policy's values (or, with
+        ``values=False``, its logprobs), (B, T), in micro-batches without grad."""
         out = []
         mb = self.trainer.micro_batch
         with torch.no_grad(), self.autocast:
@@ -134,14 +155,13 @@ class Update:
                         )
                     )
                 else:
-                    out.append(
-                        self.policy(
-                            b.input_ids,
-                            b.attention_mask,
-                            temperature=self.temperature,
-                            first=b.first,
-                        ).values.float()
+                    fwd = self.policy(
+                        b.input_ids,
+                        b.attention_mask,
+                        temperature=self.temperature,
+                        first=b.first,
                     )
+                    out.append((fwd.values if values else fwd.logprobs).float())
         return torch.cat(out)
 
     # --- optimisation -----------------------------------------------------------------------
@@ -171,7 +191,8 @@ class Update:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             totals["loss/grad_norm"] = totals.get("loss/grad_norm", 0.0) + float(grad_norm)
             self.optimizer.step()
-        return {**{k: v / self.algo.epochs for k, v in totals.items()}, "loss/ratio_max": ratio_max}
+        means = {k: v / self.algo.epochs for k, v in totals.items()}
+        return {**means, "loss/ratio_max": ratio_max, **self.correction_stats}
 
     def _loss(self, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
         with self.autocast:
@@ -236,6 +257,7 @@ class GRPOUpdate(Update):
             clip_high=self.algo.clip_high,
             ref_logprobs=b.ref_logprobs,
             beta=self.algo.beta,
+            is_weights=b.is_weights,
             aggregate=self.aggregation.fn,
             norm=norm,
         )
@@ -268,6 +290,7 @@ class PPOUpdate(Update):
             b.advantages,
             b.mask,
             clip=self.algo.clip_low,
+            is_weights=b.is_weights,
             aggregate=self.aggregation.fn,
             norm=norm,
         )
@@ -281,6 +304,15 @@ class PPOUpdate(Update):
             norm=norm,
         )
         return loss + self.algo.vf_coef * vloss, {**stats, **vstats, "value_loss": vloss.detach()}
+
+
+def resolve_correction(correction: str, rollout: RolloutConfig) -> str:
+    """``auto``: off for the hf backend (the trainer's own forward samples, exactly), ``token``
+    for any other sampler (vLLM, an OpenAI-compatible server, a quantized decoder)."""
+    if correction != "auto":
+        return correction
+    exact = rollout.backend == "hf" and getattr(rollout, "sampler", "exact") == "exact"
+    return "off" if exact else "token"
 
 
 def make_update(
