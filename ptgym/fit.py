@@ -1,0 +1,150 @@
+"""The supervised optimisation loop shared by ``ptgym sft``, ``ptgym rm`` and ``ptgym dpo``.
+
+Each command supplies rows (already tokenised), a ``loss_fn(rows) -> (loss, stats)`` that is a
+mean over its rows, and an ``evaluate() -> metrics`` on held-out rows; this module shuffles,
+splits batches into micro-batches (gradients accumulate, each micro-batch weighted by its share of
+the rows), clips, steps AdamW under the warm-up/decay schedule the RL trainer uses, and writes
+one record per optimizer step to ``OUT/metrics.msgpack`` (``loss/``, ``eval/``, ``perf/``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptgym.config import opt
+from ptgym.metrics import MetricsLogger
+
+
+@dataclass
+class FitConfig:
+    epochs: int = opt(1, "passes over the training rows", minimum=1)
+    max_steps: int = opt(0, "stop after this many optimizer steps (0 = run all epochs)", minimum=0)
+    batch: int = opt(8, "rows (pairs for rm/dpo) per optimizer step", minimum=1)
+    micro_batch: int = opt(8, "rows per forward/backward; gradients accumulate", minimum=1)
+    lr: float = opt(1e-4, "learning rate (LoRA-sized; use ~1e-5 for full fine-tuning)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "max global grad norm (0 = off)")
+    warmup_steps: int = opt(0, "linear LR warm-up steps")
+    schedule: str = opt(
+        "constant", "LR schedule after warm-up", choices=("constant", "linear", "cosine")
+    )
+    max_length: int = opt(1024, "tokens per row; longer rows are cut at the end", minimum=8)
+    eval_fraction: float = opt(0.1, "share of the data held out for evaluation")
+    eval_every: int = opt(10, "held-out eval every N steps and at the end (0 = end only)")
+    seed: int = opt(0, "seeds the split, the shuffling and torch")
+
+
+def split(rows: Sequence[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """``(train, held_out)``: a seeded shuffle, the last ``fraction`` held out (at least one row
+    when the fraction is positive and there are two rows or more)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n = round(len(rows) * fraction) if fraction > 0 else 0
+    n = min(max(n, 1 if fraction > 0 and len(rows) > 1 else 0), len(rows) - 1)
+    return [rows[i] for i in order[: len(rows) - n]], [rows[i] for i in order[len(rows) - n :]]
+
+
+def _schedule(cfg: FitConfig, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min((step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1), 1.0)
+        if cfg.schedule == "linear":
+            return max(1.0 - progress, 0.0)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def total_steps(cfg: FitConfig, n_rows: int) -> int:
+    per_epoch = math.ceil(n_rows / cfg.batch)
+    return min(cfg.max_steps, cfg.epochs * per_epoch) if cfg.max_steps else cfg.epochs * per_epoch
+
+
+def fit(
+    params: list[torch.nn.Parameter],
+    rows: Sequence[Any],
+    cfg: FitConfig,
+    *,
+    loss_fn: Callable[[list[Any]], tuple[torch.Tensor, dict[str, Any]]],
+    evaluate: Callable[[], dict[str, float]],
+    out: str | Path,
+    log: Callable[[str], Any] = print,
+) -> dict[str, float]:
+    """Train; returns the last step's metrics (with the final held-out eval)."""
+    if not rows:
+        raise ValueError("no training rows: the data file is empty or every row was filtered out")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = total_steps(cfg, len(rows))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total))
+    rng = random.Random(cfg.seed)
+    logger = MetricsLogger(out)
+    step, last = 0, {}
+    try:
+        while step < total:
+            order = list(range(len(rows)))
+            rng.shuffle(order)
+            for start in range(0, len(order), cfg.batch):
+                batch = [rows[i] for i in order[start : start + cfg.batch]]
+                t0 = time.perf_counter()
+                stats = _accumulate(batch, cfg.micro_batch, loss_fn)
+                if cfg.grad_clip > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    stats["loss/grad_norm"] = float(norm)
+                optimizer.step()
+                stats["loss/lr"] = scheduler.get_last_lr()[0]
+                scheduler.step()
+                step += 1
+                stats["perf/step_s"] = time.perf_counter() - t0
+                if step == total or (cfg.eval_every and step % cfg.eval_every == 0):
+                    stats.update(evaluate())
+                logger.log(step, stats)
+                log(_line(step, total, stats))
+                last = stats
+                if step >= total:
+                    break
+    finally:
+        logger.close()
+    return last
+
+
+def _accumulate(
+    batch: list[Any], micro_batch: int, loss_fn: Callable[[list[Any]], tuple[torch.Tensor, dict]]
+) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for start in range(0, len(batch), micro_batch):
+        part = batch[start : start + micro_batch]
+        weight = len(part) / len(batch)
+        loss, stats = loss_fn(part)
+        (loss * weight).backward()
+        for k, v in {"loss": loss.detach(), **stats}.items():
+            totals[f"loss/{k}"] = totals.get(f"loss/{k}", 0.0) + weight * float(v)
+    return totals
+
+
+def _line(step: int, total: int, m: dict[str, float]) -> str:
+    keys = [k for k in m if k.startswith(("loss/loss", "loss/accuracy", "loss/margin", "eval/"))]
+    shown = "  ".join(
+        f"{k.split('/', 1)[1] if k.startswith('loss/') else k}={m[k]:.4g}" for k in keys
+    )
+    return f"step {step}/{total}  {shown}  {m['perf/step_s']:.2f}s"
+
+
+def mean_stats(values: list[dict[str, float]], weights: list[int], prefix: str) -> dict[str, float]:
+    """Weighted mean of per-chunk stats dicts, keys prefixed (``eval/accuracy``)."""
+    total = sum(weights)
+    keys = values[0].keys() if values else []
+    return {
+        f"{prefix}{k}": sum(float(v[k]) * w for v, w in zip(values, weights, strict=True)) / total
+        for k in keys
+    }

@@ -1,0 +1,219 @@
+"""``ptgym rm``: a Bradley–Terry reward model from pairwise preferences (InstructGPT §3.5).
+
+The model is ``AutoModelForSequenceClassification`` with one label on the causal LM: a linear
+``score`` head on the last hidden state, trained with LoRA (head fully trained) or fully, on
+``-log sigmoid(r(x, y_w) - r(x, y_l) - margin)`` (``losses.bradley_terry_loss``; the record's
+margin only when ``use_margin``), plus ``center * mean((r_w + r_l)^2)`` when ``center > 0``, the
+reward-centering term of Eisenstein et al. 2023 that keeps scores near 0.
+
+The score is read at the last attended token (from the attention mask), so left and right padding
+give the same number, and a pad token equal to EOS cannot move it. The checkpoint (``OUT/model``)
+is a plain transformers folder: LoRA merged, tokenizer saved with a pad token distinct from EOS
+(so transformers' own pooling, which looks for the last non-pad token, agrees with ours) and its
+padding side, ``config.json`` naming the base model portably, and ``ptgym_rm.json`` saying how
+text is rendered. Text is rendered as ``rm_text`` does: the chat template over prompt + response
+for conversational records, ``prompt + response + eos`` for standard ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ptgym.config import LoraConfig, ModelConfig, opt, to_yaml
+from ptgym.fit import FitConfig, fit, mean_stats, split
+from ptgym.losses import bradley_terry_loss
+from ptgym.prefs import Preference, read_preferences
+
+RM_INFO = "ptgym_rm.json"
+
+
+@dataclass
+class RMCommand:
+    data: str = opt("", "preference JSONL (ptgym or TRL layout), e.g. prefs.jsonl")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    trainer: FitConfig = field(default_factory=FitConfig)
+    use_margin: bool = opt(False, "subtract each record's margin inside the sigmoid")
+    center: float = opt(0.0, "reward-centering coefficient: + center * mean((r_w + r_l)^2)")
+    include_ties: bool = opt(False, "train on ties too (as chosen > rejected; rarely wanted)")
+    out: str | None = opt(None, "output folder (default runs/rm-<time>); the model in OUT/model")
+
+
+def rm_text(tokenizer: Any, prompt: list[dict] | str, response: list[dict] | str) -> str:
+    """The text the reward model scores: the one rendering used in training and by scorers."""
+    if isinstance(prompt, str):
+        return prompt + response + (tokenizer.eos_token or "")
+    return tokenizer.apply_chat_template(prompt + response, tokenize=False)
+
+
+def encode_rm(tokenizer: Any, texts: list[str], max_length: int, side: str) -> dict[str, Tensor]:
+    enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    T = max(len(e) for e in enc)
+    ids = torch.full((len(enc), T), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(enc), T), dtype=torch.long)
+    for b, e in enumerate(enc):
+        span = slice(0, len(e)) if side == "right" else slice(T - len(e), T)
+        ids[b, span] = torch.tensor(e, dtype=torch.long)
+        attn[b, span] = 1
+    return {"input_ids": ids, "attention_mask": attn}
+
+
+def last_attended(attention_mask: Tensor) -> Tensor:
+    """(B, T) -> (B,) index of the last position with mask 1, for either padding side."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.flip(-1).to(torch.long).argmax(-1)
+
+
+def scores(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B,) scores at the last attended token. ``model``: a sequence-classification model, bare or
+    PEFT-wrapped; its backbone and ``score`` head are called directly so the position comes from the
+    mask, not from searching for pad ids."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(hf, "score"):
+        raise ValueError(f"{type(hf).__name__} has no 'score' head: use a decoder LM checkpoint")
+    backbone = getattr(hf, hf.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    idx = last_attended(attention_mask).to(hidden.device)  # (B,)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
+    return hf.score(last).squeeze(-1).float()  # (B,)
+
+
+def load_rm_base(cfg: RMCommand) -> tuple[Any, Any]:
+    """The sequence-classification model on the base LM, and its tokenizer (pad != eos)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ptgym.agents.models import _model_folder, _resolve_device, _resolve_dtype, load_tokenizer
+
+    folder = _model_folder(cfg.model.name)
+    device = _resolve_device(cfg.model.device)
+    tokenizer = load_tokenizer(cfg.model.name, chat_template=cfg.model.chat_template)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token  # transformers' pooling must not stop at EOS
+    tokenizer.padding_side = "right"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=1, dtype=_resolve_dtype(cfg.model.dtype, device)
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    if cfg.lora.enabled:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        peft_cfg = PeftLoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="SEQ_CLS",  # the score head is trained in full (modules_to_save)
+        )
+        model = get_peft_model(model, peft_cfg)
+    return model, tokenizer
+
+
+def pair_texts(tokenizer: Any, prefs: list[Preference]) -> list[tuple[str, str, float]]:
+    return [
+        (
+            rm_text(tokenizer, p.prompt, p.chosen),
+            rm_text(tokenizer, p.prompt, p.rejected),
+            p.margin or 0.0,
+        )
+        for p in prefs
+    ]
+
+
+def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
+    from ptgym.trainer import seed_everything
+
+    if not cfg.data:
+        raise FileNotFoundError("ptgym rm needs data=PATH: a preference JSONL (ptgym prefs ...)")
+    prefs = read_preferences(cfg.data, include_ties=cfg.include_ties)
+    out = Path(cfg.out or "runs/rm")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    seed_everything(cfg.trainer.seed)
+    model, tokenizer = load_rm_base(cfg)
+    train_rows, held_out = split(
+        pair_texts(tokenizer, prefs), cfg.trainer.eval_fraction, cfg.trainer.seed
+    )
+    device = next(model.parameters()).device
+    T = cfg.trainer.max_length
+
+    def forward(rows: list[tuple[str, str, float]]) -> tuple[Tensor, Tensor, Tensor]:
+        texts = [r[0] for r in rows] + [r[1] for r in rows]  # chosen and rejected in one pass
+        enc = {k: v.to(device) for k, v in encode_rm(tokenizer, texts, T, "right").items()}
+        r = scores(model, **enc)
+        margin = torch.tensor([row[2] for row in rows], device=device)
+        return r[: len(rows)], r[len(rows) :], margin
+
+    def loss_fn(rows: list) -> tuple[Tensor, dict]:
+        chosen, rejected, margin = forward(rows)
+        loss, stats = bradley_terry_loss(chosen - (margin if cfg.use_margin else 0.0), rejected)
+        stats["accuracy"] = (chosen > rejected).float().mean().detach()
+        stats["margin"] = (chosen - rejected).mean().detach()
+        if cfg.center > 0:
+            loss = loss + cfg.center * ((chosen + rejected) ** 2).mean()
+        return loss, stats
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        if not held_out:
+            return {}
+        model.eval()
+        parts, weights = [], []
+        for start in range(0, len(held_out), cfg.trainer.micro_batch):
+            rows = held_out[start : start + cfg.trainer.micro_batch]
+            chosen, rejected, _ = forward(rows)
+            parts.append(
+                {
+                    "accuracy": (chosen > rejected).float().mean(),
+                    "mean_score": (chosen + rejected).mean() / 2,
+                }
+            )
+            weights.append(len(rows))
+        model.train()
+        return mean_stats(parts, weights, "eval/")
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    log(
+        f"reward model on {cfg.model.name}: {len(train_rows)} train pairs, {len(held_out)} held out"
+    )
+    last = fit(
+        params, train_rows, cfg.trainer, loss_fn=loss_fn, evaluate=evaluate, out=out, log=log
+    )
+    save_rm(model, tokenizer, cfg, out / "model")
+    log(f"saved the reward model to {out / 'model'}")
+    return last
+
+
+def save_rm(model: Any, tokenizer: Any, cfg: RMCommand, folder: Path) -> None:
+    """A plain transformers folder (LoRA merged), written to a temp folder and renamed."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = (
+        cfg.model.name
+    )  # the short name or Hub id, not this machine's cache path
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {
+        "base_model": cfg.model.name,
+        "render": "chat_template"
+        if getattr(tokenizer, "chat_template", None)
+        else "prompt+response+eos",
+        "score": "last attended token (attention mask), either padding side",
+        "padding_side": tokenizer.padding_side,
+        "pad_token": tokenizer.pad_token,
+    }
+    (tmp / RM_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
