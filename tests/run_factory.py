@@ -18,11 +18,13 @@ import numpy as np
 from ptgym.store import RecordWriter, TrajectoryStore
 from ptgym.types import Trajectory, Turn
 
-TOOL_CALL = {
-    "id": "call_0",
-    "type": "function",
-    "function": {"name": "python", "arguments": {"code": "print(12 + 7)"}},
-}
+
+def tool_call(code: str) -> dict:
+    return {
+        "id": "call_0",
+        "type": "function",
+        "function": {"name": "python", "arguments": {"code": code}},
+    }
 
 
 @functools.cache
@@ -55,7 +57,7 @@ def trajectory(
     first = {
         "role": "assistant",
         "content": f"Let me compute it.\n\n```python\nprint({a} + {b})\n```",
-        "tool_calls": [TOOL_CALL],
+        "tool_calls": [tool_call(f"print({a} + {b})")],
     }
     tool = {"role": "tool", "tool_call_id": "call_0", "content": f"{a + b}\n"}
     second = {
