@@ -308,7 +308,7 @@ def _validate(obj: Any) -> None:
             raise ConfigError(f"{key} must be at least {minimum}, got {value}")
     _check_model_and_mirrors(obj)
     algo = getattr(obj, "algo", None)
-    if algo is not None and (algo.credit == "gae") != (algo.name == "ppo"):
+    if isinstance(algo, AlgoConfig) and (algo.credit == "gae") != (algo.name == "ppo"):
         raise ConfigError(
             f"algo.credit={algo.credit} does not go with algo.name={algo.name}: "
             "gae needs a critic (algo=ppo); grpo uses credit=trajectory or credit=turn"

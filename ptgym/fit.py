@@ -13,33 +13,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ptgym.config import opt
 from ptgym.metrics import MetricsLogger
-
-
-@dataclass
-class FitConfig:
-    epochs: int = opt(1, "passes over the training rows", minimum=1)
-    max_steps: int = opt(0, "stop after this many optimizer steps (0 = run all epochs)", minimum=0)
-    batch: int = opt(8, "rows (pairs for rm/dpo) per optimizer step", minimum=1)
-    micro_batch: int = opt(8, "rows per forward/backward; gradients accumulate", minimum=1)
-    lr: float = opt(1e-4, "learning rate (LoRA-sized; use ~1e-5 for full fine-tuning)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "max global grad norm (0 = off)")
-    warmup_steps: int = opt(0, "linear LR warm-up steps")
-    schedule: str = opt(
-        "constant", "LR schedule after warm-up", choices=("constant", "linear", "cosine")
-    )
-    max_length: int = opt(1024, "tokens per row; longer rows are cut at the end", minimum=8)
-    eval_fraction: float = opt(0.1, "share of the data held out for evaluation")
-    eval_every: int = opt(10, "held-out eval every N steps and at the end (0 = end only)")
-    seed: int = opt(0, "seeds the split, the shuffling and torch")
+from ptgym.prefconfig import FitConfig
 
 
 def split(rows: Sequence[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:

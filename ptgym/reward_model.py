@@ -19,31 +19,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ptgym.config import LoraConfig, ModelConfig, opt, to_yaml
-from ptgym.fit import FitConfig, fit, mean_stats, split
+from ptgym.config import to_yaml
+from ptgym.fit import fit, mean_stats, split
 from ptgym.losses import bradley_terry_loss
+from ptgym.prefconfig import RMCommand
 from ptgym.prefs import Preference, read_preferences
 
 RM_INFO = "ptgym_rm.json"
-
-
-@dataclass
-class RMCommand:
-    data: str = opt("", "preference JSONL (ptgym or TRL layout), e.g. prefs.jsonl")
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    trainer: FitConfig = field(default_factory=FitConfig)
-    use_margin: bool = opt(False, "subtract each record's margin inside the sigmoid")
-    center: float = opt(0.0, "reward-centering coefficient: + center * mean((r_w + r_l)^2)")
-    include_ties: bool = opt(False, "train on ties too (as chosen > rejected; rarely wanted)")
-    out: str | None = opt(None, "output folder (default runs/rm-<time>); the model in OUT/model")
 
 
 def rm_text(tokenizer: Any, prompt: list[dict] | str, response: list[dict] | str) -> str:
