@@ -12,7 +12,7 @@ from typing import Any
 import gymnasium
 
 from ptgym.config import ConfigError, EnvConfig, RolloutConfig, SamplingConfig
-from ptgym.registry import _load, resolve
+from ptgym.registry import resolve
 from ptgym.rollout import Budget, Collector
 
 
@@ -25,7 +25,7 @@ def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[
     builds its Docker image there if it is missing).
     """
     spec = resolve(env.name)
-    cls = _load(spec.entry_point)
+    cls = spec.load()
     if hasattr(cls, "prepare"):  # one-time setup before any instance, e.g. a Docker image
         cls.prepare(progress=print)
     kwargs = dict(env.kwargs)
@@ -51,8 +51,8 @@ def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[
     return spec.id, make
 
 
-def _constructor_params(cls: type) -> set[str] | None:
-    sig = inspect.signature(cls.__init__)
+def _constructor_params(cls: Any) -> set[str] | None:
+    sig = inspect.signature(cls.__init__ if isinstance(cls, type) else cls)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return None  # takes **kwargs: cannot check here
     return {n for n in sig.parameters if n != "self"}

@@ -94,9 +94,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_envs_list(args: argparse.Namespace) -> int:
-    from ptgym.registry import load_entry_points, specs
+    from ptgym.registry import import_module, load_entry_points, specs
 
     errors = load_entry_points()
+    for module in args.modules:  # envs these register in code are listed too
+        import_module(module)
     rows = [(s.short_name or "-", s.id, s.source, s.description) for s in specs()]
     widths = [max(len(r[i]) for r in rows + [("name", "id", "source", "")]) for i in range(3)]
     print(f"{'name':<{widths[0]}}  {'id':<{widths[1]}}  {'source':<{widths[2]}}  description")
@@ -209,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="list or scaffold environments")
     envs_sub = envs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    envs_sub.add_parser(
-        "list", help="every registered env: built-in, entry points, code"
-    ).set_defaults(fn=cmd_envs_list)
+    ls = envs_sub.add_parser("list", help="every registered env: built-in, entry points, code")
+    ls.add_argument(
+        "modules", nargs="*", metavar="MODULE", help="import these first (envs they register)"
+    )
+    ls.set_defaults(fn=cmd_envs_list)
     new = envs_sub.add_parser("new", help="write a pip-installable package with a custom env")
     new.add_argument("name", help="env short name, e.g. my-env")
     new.add_argument("--dir", default=".", help="where to create the package (default: .)")
