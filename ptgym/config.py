@@ -198,6 +198,7 @@ ALIASES = {
     "steps": "trainer.steps",
     "credit": "algo.credit",
     "seed": "rollout.seed",
+    "reward": "env.kwargs.reward",
 }
 
 
