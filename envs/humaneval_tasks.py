@@ -156,7 +156,8 @@ class Grade:
 def grade(
     pool: SandboxPool, task: Task, solution: str, call_timeout: float = 3.0, budget: float = 30.0
 ) -> Grade:
-    """Run the hidden tests on ``solution`` in a freshly reset sandbox.
+    """Run the hidden tests on ``solution`` in a fresh sandbox: a container that no agent code ran
+    in before, destroyed afterwards (``SandboxPool.lease(fresh=True)``).
 
     Nothing of the agent's sandbox is reused: the solution text is sent to the grader on stdin,
     the tests never touch disk. Raises ``SandboxError`` when the sandbox itself fails.
@@ -171,7 +172,7 @@ def grade(
         "call_timeout": call_timeout,
         "budget": budget,
     }
-    with pool.lease() as sb:
+    with pool.lease(fresh=True) as sb:
         r = sb.exec(
             ["python3", "-I", "-c", GRADER_SOURCE],
             stdin=json.dumps(spec).encode(),

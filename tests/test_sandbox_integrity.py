@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import pytest
 
 from ptgym.envs import humaneval_grader
+from ptgym.envs.code_tools import CodeToolsEnv
 from ptgym.envs.humaneval_tasks import grade, load_tasks
+from ptgym.sandbox import SandboxPool
 from tests.sandbox_fixtures import (  # noqa: F401 (fixtures)
     TEST_CONFIG,
     fixture_sandbox_image,
@@ -76,3 +79,141 @@ def test_a_solution_that_does_not_load_scores_0_in_the_sandbox(sandbox_pool):
         assert (g.passed, g.note) == (0, ""), TASKS[index].task_id
         assert g.tests[0]["error"].startswith("the solution did not load: SystemExit")
     next_task_scores_1(sandbox_pool)
+
+
+# ---- 1. IPC and scratch residue between episodes ---------------------------------------------
+
+# ctypes access to SysV IPC and POSIX queues, as agent code would write it.
+IPC = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+IPC_CREAT, O_CREAT, O_RDWR, O_RDONLY = 0o1000, 0o100, 2, 0
+def err(result):
+    return ctypes.get_errno() if result == -1 else "ok"
+"""
+
+LEAVE_IPC_BEHIND = (
+    IPC
+    + """
+print("496 MiB segment:", err(libc.shmget(0x5EED, 496 << 20, IPC_CREAT | 0o666)))
+sid = libc.shmget(0x5EEE, 24 << 20, IPC_CREAT | 0o666)
+ctypes.memset(libc.shmat(sid, None, 0), 1, 24 << 20)       # 24 MiB the next episode would pay
+print("sem:", err(libc.semget(0x5EEF, 4, IPC_CREAT | 0o666)))
+qid = libc.msgget(0x5EF0, IPC_CREAT | 0o666)
+msg = ctypes.create_string_buffer(b"\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00secret", 14)
+print("msg:", err(libc.msgsnd(qid, msg, 6, 0)))
+mq = libc.mq_open(b"/leak", O_CREAT | O_RDWR, 0o666, None)
+print("mq:", err(libc.mq_send(mq, b"secret", 6, 0)))
+open("/dev/shm/leak", "w").write("secret")
+try:
+    open("/tmp/leak", "w")
+except OSError as e:
+    print("tmp:", e.errno)
+"""
+)
+
+PROBE_IPC = (
+    IPC
+    + """
+print(err(libc.shmget(0x5EEE, 0, 0)), err(libc.semget(0x5EEF, 0, 0)),
+      err(libc.msgget(0x5EF0, 0)), err(libc.mq_open(b"/leak", O_RDONLY)),
+      os.listdir("/dev/shm"), os.listdir("/dev/mqueue"),
+      open("/proc/sysvipc/shm").read().count("\\n"))
+"""
+)
+ENOENT, EINVAL, EROFS = 2, 22, 30
+
+
+@pytest.mark.docker
+def test_ipc_objects_and_scratch_files_do_not_survive_into_the_next_episode(sandbox_image):
+    with SandboxPool(size=1, config=TEST_CONFIG) as pool:
+        with pool.lease() as sb:
+            first = sb.id
+            r = py(sb, LEAVE_IPC_BEHIND)
+            assert r.stdout == (
+                f"496 MiB segment: {EINVAL}\nsem: ok\nmsg: ok\nmq: ok\ntmp: {EROFS}\n"
+            ), r.stderr
+            # The health check sees all of it while it is there.
+            left = sb.residue()
+            assert {"/dev/shm/leak", "/dev/mqueue/leak"} <= set(left)
+            assert {x.split()[1] for x in left if x.startswith("sysv")} == {"shm", "sem", "msg"}
+        with pool.lease() as sb:  # the same container, reset between the two episodes
+            assert sb.id == first and sb.residue() == []
+            r = py(sb, PROBE_IPC)
+            assert r.stdout == f"{ENOENT} {ENOENT} {ENOENT} {ENOENT} [] [] 1\n", r.stderr
+            # The 24 MiB are free again: 200 MiB fit in the 256 MiB container.
+            assert py(sb, "b = bytearray(200 << 20); print('fits')").stdout == "fits\n"
+        assert pool.stats["residue"] == 0
+        next_task_scores_1(pool)
+
+
+@pytest.mark.docker
+def test_the_health_check_replaces_a_container_that_holds_residue(sandbox_image):
+    with SandboxPool(size=1, config=TEST_CONFIG) as pool:
+        with pool.lease() as sb:
+            dirty = sb.container
+        # Something the reset did not catch (planted from outside, while the container is idle).
+        plant = IPC + "libc.shmget(0x77, 4096, IPC_CREAT | 0o600); open('/dev/shm/x', 'w')"
+        assert dirty.exec_run(["python3", "-c", plant]).exit_code == 0
+        with pool.lease(timeout=60) as sb:
+            assert sb.id != dirty.id and sb.residue() == []
+        assert pool.stats["failed_health"] == 1
+        next_task_scores_1(pool)
+
+
+# The solution the issue's attacker submitted: it wraps its entry point to post every argument
+# tuple of the hidden tests to a POSIX message queue, for a later episode to read.
+LEAKING_SOLUTION = (
+    IPC
+    + """
+def has_close_elements(numbers, threshold):
+    mq = libc.mq_open(b"/hidden", O_CREAT | O_RDWR, 0o666, None)
+    data = repr((numbers, threshold)).encode()[:8000]
+    libc.mq_send(mq, data, len(data), 0)
+    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])
+"""
+)
+READ_LEAK = (
+    IPC
+    + """
+mq = libc.mq_open(b"/hidden", O_RDONLY | 0o4000, 0, None)   # O_NONBLOCK
+print("open:", err(mq), os.listdir("/dev/mqueue"))
+"""
+)
+
+
+@pytest.mark.docker
+def test_hidden_tests_run_in_a_fresh_container_that_is_destroyed_after(sandbox_image):
+    with SandboxPool(size=2, config=TEST_CONFIG) as pool:
+        with pool.lease() as sb:
+            agent = sb.id  # a container that has run agent code
+        with pool.lease(fresh=True) as sb:
+            grading = sb.id
+            assert grading != agent and sb.uses == 1  # never leased before
+        deadline = time.monotonic() + 30
+        while grading in {c.id for c in pool.client.containers.list(all=True, ignore_removed=True)}:
+            assert time.monotonic() < deadline, "the grading container was not removed"
+            time.sleep(0.2)
+        seen = set()
+        for _ in range(4):
+            with pool.lease(timeout=60) as sb:
+                seen.add(sb.id)
+        assert grading not in seen
+
+
+@pytest.mark.docker
+def test_hidden_test_arguments_posted_to_a_message_queue_do_not_reach_the_next_episode(
+    sandbox_image,
+):
+    with SandboxPool(size=1, config=TEST_CONFIG) as pool:
+        env = CodeToolsEnv(pool=pool)
+        env.reset(options={"task_id": TASKS[0].task_id})
+        env.step(call("write_file", path="solution.py", content=LEAKING_SOLUTION))
+        *_, info = env.step(call("submit"))
+        assert (info["passed"], info["total"]) == (7, 7)  # the wrapper ran during grading
+        env.reset(options={"task_id": TASKS[1].task_id})
+        obs, *_, info = env.step(call("run_python", code=READ_LEAK))
+        assert "error" not in info
+        assert obs[0]["content"] == f"exit code: 0\nstdout:\nopen: {ENOENT} []\n"
+        next_task_scores_1(pool)

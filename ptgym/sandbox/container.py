@@ -33,19 +33,22 @@ class SandboxConfig:
     memory: str = "512m"  # memory limit; memory+swap is set to the same value (no swap)
     pids: int = 64  # most processes/threads alive at once in a container (stops fork bombs)
     cpus: float = 1.0  # CPU quota, in cores
-    work_size: str = "64m"  # size of the tmpfs mounted at /work, the only writable place
+    work_size: str = "64m"  # size of the tmpfs mounted at /work
+    work_inodes: int = 4096  # most files + directories in /work (an inode flood gets ENOSPC)
+    max_file_size: str = "16m"  # largest file a call may write (RLIMIT_FSIZE: EFBIG beyond)
+    shm_size: str = "32m"  # size of /dev/shm, and the cap on all SysV shared memory together
     timeout_s: float = 10.0  # default wall-clock limit of one call; the process group is killed
     max_output: int = 16384  # bytes kept of each of stdout and stderr per call
     max_uses: int = 100  # leases before a container is replaced by a fresh one
     network: bool = False  # false: network_mode=none (no egress at all)
     read_only: bool = True  # read-only root filesystem
-    shm: bool = False  # a private /dev/shm (multiprocessing locks need it); off: no IPC mounts
     user: str = f"{SANDBOX_UID}:{SANDBOX_UID}"  # uid:gid the server and all code run as
     start_timeout_s: float = 60.0  # how long a new container may take to answer its first ping
 
     def create_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``client.containers.create`` (the security defaults)."""
         uid, _, gid = self.user.partition(":")
+        shm = parse_size(self.shm_size)
         return {
             "user": self.user,
             "working_dir": WORK,
@@ -58,11 +61,22 @@ class SandboxConfig:
             "nano_cpus": int(self.cpus * 1e9),
             "read_only": self.read_only,
             "tmpfs": {
-                WORK: f"rw,nosuid,nodev,size={self.work_size},mode=0700,uid={uid},gid={gid or uid}",
-                # Docker always mounts a writable POSIX message-queue fs; mask it read-only.
-                "/dev/mqueue": "ro,nosuid,nodev,noexec,size=4k",
+                WORK: f"rw,nosuid,nodev,size={self.work_size},nr_inodes={self.work_inodes},"
+                f"mode=0700,uid={uid},gid={gid or uid}",
             },
-            "ipc_mode": "private" if self.shm else "none",
+            # A private IPC namespace: SysV objects and POSIX queues are this container's own,
+            # listable and removable between episodes (server.py `reset`); their sizes are capped
+            # so that IPC memory, which no OOM kill can free, cannot starve the next call.
+            "ipc_mode": "private",
+            "shm_size": shm,
+            "sysctls": {
+                "kernel.shmmax": str(shm),
+                "kernel.shmall": str(shm // 4096),  # pages, all segments together
+                "kernel.shmmni": "64",
+                "kernel.msgmni": "16",  # message queues (16 KiB each by default)
+                "kernel.sem": "64 1024 32 32",  # per set, total, ops per call, sets
+                "fs.mqueue.queues_max": "16",
+            },
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             # The attached stdout carries the protocol; keep only a little of it (and the
@@ -71,6 +85,17 @@ class SandboxConfig:
                 type="json-file", config={"max-size": "1m", "max-file": "1"}
             ),
         }
+
+
+def parse_size(size: str) -> int:
+    """Bytes in a Docker size string: ``"32m"`` -> 33554432."""
+    units = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = size.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "")
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise ValueError(f"bad size {size!r}: use a number with k, m or g, e.g. '32m'") from None
 
 
 class SandboxError(RuntimeError):
@@ -115,6 +140,7 @@ class Sandbox:
         self.config = config
         self.uses = 0
         self.broken = False  # set on any anomaly; the pool then replaces the container
+        self.retire = False  # destroy on release (it ran hidden tests)
         self._lock = threading.Lock()
 
     @property
@@ -167,6 +193,7 @@ class Sandbox:
                 "timeout": timeout,
                 "stdin": stdin or b"",
                 "max_output": max_output,
+                "max_file_size": parse_size(self.config.max_file_size),
                 "env": env or {},
             },
             timeout + REPLY_GRACE_S,
@@ -203,9 +230,18 @@ class Sandbox:
         r = self.request({"op": "snapshot", "max_bytes": max_bytes}, 30.0)
         return r["files"], r["skipped"]
 
-    def reset(self) -> None:
-        """Kill every process and empty /work: the state a new episode starts from."""
-        self.request({"op": "reset"}, 30.0)
+    def reset(self) -> list[str]:
+        """Kill every process, empty /work and the IPC namespace: the state a new episode starts
+        from. Returns what is still left (nothing, or the container must not be used again)."""
+        return self.request({"op": "reset"}, 30.0)["residue"]
+
+    def residue(self, timeout: float = 5.0) -> list[str] | None:
+        """The health check: what an episode left behind ([] when clean), None when the server
+        does not answer within ``timeout`` (never raises)."""
+        try:
+            return self.request({"op": "check"}, timeout)["residue"]
+        except (SandboxError, SandboxUserError):
+            return None
 
     def describe_exit(self) -> str:
         """Why the container stopped, for error messages (e.g. 'exited 137, OOMKilled')."""

@@ -6,11 +6,18 @@
         sb.exec(["python3", "a.py"])  # one msgpack round trip, no docker exec
     pool.close()
 
-Life cycle of a container: started (in parallel, at pool start) -> idle -> health-checked (ping)
-at hand-out -> leased -> on return, reset (processes killed, /work emptied) and idle again. It is
-replaced by a fresh one, started in the background, after ``max_uses`` leases, on any anomaly
-(a call that raised ``SandboxError``, a failed reset) or when the health check fails. Pools reap
-orphans of crashed processes when they start and remove their own containers at exit.
+Life cycle of a container: started (in parallel, at pool start) -> idle -> health-checked at
+hand-out (the server answers and nothing is left: no process, file, IPC object) -> leased -> on
+return, reset (processes killed; /work, /dev/shm, /tmp, POSIX queues and SysV IPC emptied) and
+verified clean, then idle again. It is replaced by a fresh one, started in the background, after
+``max_uses`` leases, on any anomaly (a call that raised ``SandboxError``, a reset that left
+residue) or when the health check fails.
+
+``lease(fresh=True)`` (hidden-test grading) hands out a container that has never been leased,
+starting one when none is idle, and destroys it afterwards: hidden tests run where no agent code
+ran before, and no agent code ever runs where hidden tests ran. Ordinary leases prefer used
+containers, so that the fresh ones are there for grading. Pools reap orphans of crashed processes
+when they start and remove their own containers at exit.
 """
 
 from __future__ import annotations
@@ -56,7 +63,14 @@ class SandboxPool:
             reap_orphans(self.client)
         except docker.errors.DockerException as e:
             raise SandboxError(f"the Docker Engine is not reachable: {e}") from e
-        self.stats = {"started": 0, "replaced": 0, "failed_health": 0, "leases": 0}
+        self.stats = {
+            "started": 0,
+            "replaced": 0,
+            "failed_health": 0,
+            "leases": 0,
+            "residue": 0,  # resets that left something behind (the container was replaced)
+            "retired": 0,  # containers destroyed after a fresh lease (hidden-test grading)
+        }
         self._idle: deque[Sandbox] = deque()
         self._all: set[Sandbox] = set()
         self._count = 0  # containers owned: idle + leased + starting
@@ -73,8 +87,9 @@ class SandboxPool:
             self.close()
             raise errors[0]
 
-    def _start(self) -> Sandbox:
-        """Start one container and make it idle; on failure give its slot back."""
+    def _start(self, idle: bool = True) -> Sandbox:
+        """Start one container and make it idle (or hand it to the caller); on failure give its
+        slot back."""
         try:
             sb = start_sandbox(self.client, self.config, self.id)
         except BaseException:
@@ -89,8 +104,9 @@ class SandboxPool:
                 raise SandboxError("the pool was closed")
             self.stats["started"] += 1
             self._all.add(sb)
-            self._idle.append(sb)
-            self._cond.notify_all()
+            if idle:
+                self._idle.append(sb)
+                self._cond.notify_all()
         return sb
 
     def _start_in_background(self) -> None:
@@ -115,13 +131,22 @@ class SandboxPool:
                 self._count -= 1
                 self._cond.notify_all()
             else:
-                self.stats["replaced"] += 1
+                self.stats["retired" if sb.retire and not sb.broken else "replaced"] += 1
         self._spawn(_quiet_remove, sb)
         if replace and not self._closed:
             self._start_in_background()
 
-    def acquire(self, timeout: float | None = None) -> Sandbox:
-        """A healthy sandbox with an empty /work; raises SandboxError after ``timeout`` seconds."""
+    def _take_idle(self, fresh: bool) -> Sandbox:
+        """Pop the idle container that suits the lease (caller holds the lock, _idle not empty)."""
+        for i, sb in enumerate(self._idle):
+            if (sb.uses == 0) == fresh:
+                del self._idle[i]
+                return sb
+        return self._idle.popleft()
+
+    def acquire(self, timeout: float | None = None, fresh: bool = False) -> Sandbox:
+        """A healthy sandbox with an empty /work; raises SandboxError after ``timeout`` seconds.
+        ``fresh``: one that has never been leased (see the module doc)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._cond:
@@ -135,36 +160,43 @@ class SandboxPool:
                     if left is not None and left <= 0:
                         raise SandboxError(f"no sandbox became free within {timeout}s")
                     self._cond.wait(left)
-                sb = self._idle.popleft() if self._idle else None
+                sb = self._take_idle(fresh) if self._idle else None
+                if sb is not None and fresh and sb.uses:  # its slot goes to a fresh one, here
+                    self._all.discard(sb)
+                    self._spawn(_quiet_remove, sb)
+                    sb = None
             if sb is None:
-                self._start()
-                continue
-            if sb.ping():
+                sb = self._start(idle=False)
+            residue = sb.residue()
+            if residue == []:
                 sb.uses += 1
+                sb.retire = fresh
                 self.stats["leases"] += 1
                 return sb
             self.stats["failed_health"] += 1
             self._discard(sb, replace=True)
 
     def release(self, sb: Sandbox) -> None:
-        """Give a sandbox back: reset it for the next episode, or replace it (see module doc)."""
-        if not sb.broken and sb.uses < self.config.max_uses:
+        """Give a sandbox back: reset and verify it for the next episode, or replace it."""
+        if not sb.broken and not sb.retire and sb.uses < self.config.max_uses:
             try:
-                sb.reset()
+                if sb.reset():
+                    self.stats["residue"] += 1
+                    sb.broken = True
             except (SandboxError, SandboxUserError):
                 sb.broken = True
-        if not sb.broken and sb.uses < self.config.max_uses:
-            with self._cond:
-                if not self._closed:
-                    self._idle.append(sb)
-                    self._cond.notify_all()
-                    return
+            if not sb.broken:
+                with self._cond:
+                    if not self._closed:
+                        self._idle.append(sb)
+                        self._cond.notify_all()
+                        return
         self._discard(sb, replace=True)
 
     @contextlib.contextmanager
-    def lease(self, timeout: float | None = None) -> Iterator[Sandbox]:
+    def lease(self, timeout: float | None = None, fresh: bool = False) -> Iterator[Sandbox]:
         """``with pool.lease() as sb:`` — acquire, and release even when the body raises."""
-        sb = self.acquire(timeout)
+        sb = self.acquire(timeout, fresh=fresh)
         try:
             yield sb
         except SandboxError:

@@ -9,7 +9,16 @@ at a time. Requests (``op``):
 - ``write`` / ``read``: a file under ``/work``; a path that resolves outside it is refused.
 - ``restore`` / ``snapshot``: write many files / read back every file under ``/work`` (for
   callers that keep a workspace on the host between calls).
-- ``reset``: kill every process and empty ``/work`` (between episodes).
+- ``reset``: kill every process, empty ``/work``, ``/dev/shm``, ``/tmp`` and ``/dev/mqueue``,
+  remove every SysV shared-memory segment, semaphore set and message queue (between episodes);
+  replies with what is still left (``residue``), which must be nothing.
+- ``check``: the health check: ``residue`` without touching anything.
+
+Nothing an episode leaves behind may reach the next: files, processes, IPC objects. The
+container has a private IPC namespace (Docker ``ipc_mode="private"``), so every IPC object of
+the namespace belongs to this sandbox and can be listed (``/proc/sysvipc``, ``/dev/mqueue``)
+and removed by this uid (the creator uid of an object never changes, so ``IPC_RMID`` is allowed
+even after the agent gave it away with ``IPC_SET``).
 
 Why PID 1 matters: ``kill(-1, SIGKILL)`` from PID 1 kills every other process of the container
 in one atomic sweep (the kernel holds the task list lock, so a fork bomb cannot outrun it), and
@@ -21,6 +30,7 @@ server. The server is also made non-dumpable, so same-uid code cannot ptrace it 
 import contextlib
 import ctypes
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -32,6 +42,10 @@ import time
 import msgpack
 
 WORK = "/work"
+# Writable places besides /work (with ipc_mode=private): wiped by reset, checked for residue.
+SCRATCH = ("/dev/shm", "/tmp", "/dev/mqueue")
+SYSVIPC = {"shm": "shmctl", "sem": "semctl", "msg": "msgctl"}  # /proc/sysvipc/<kind> -> remover
+IPC_RMID = 0
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
 CHUNK = 1 << 16
@@ -105,13 +119,16 @@ def kill_all():
             time.sleep(0.001)
 
 
-def raise_oom_score():
-    # Runs in the child before exec: make it the OOM killer's first choice, never the server.
+def limit_child(max_file_size):
+    """Runs in the child before exec: make it the OOM killer's first choice (never the server)
+    and cap the size of any file it writes (EFBIG, or SIGXFSZ for programs that keep it)."""
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")
     except OSError:
         pass
+    if max_file_size:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size))
 
 
 def run(req):
@@ -130,7 +147,7 @@ def run(req):
             cwd=WORK,
             env=env,
             start_new_session=True,
-            preexec_fn=raise_oom_score,
+            preexec_fn=lambda: limit_child(int(req.get("max_file_size") or 0)),
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -294,19 +311,72 @@ def snapshot(req):
     return {"ok": True, "files": files, "skipped": skipped}
 
 
-def reset(_req):
-    kill_all()
-    for root, dirs, _ in os.walk(WORK):  # make every directory removable first
+def empty_dir(top):
+    """Remove everything below ``top`` (not ``top`` itself); directories are made removable."""
+    if not os.path.isdir(top):
+        return
+    for root, dirs, _ in os.walk(top):
         for d in dirs:
             p = os.path.join(root, d)
             if not os.path.islink(p):
-                os.chmod(p, 0o700)
-    for entry in os.scandir(WORK):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-    return {"ok": True}
+                with contextlib.suppress(OSError):
+                    os.chmod(p, 0o700)
+    entries = []
+    with contextlib.suppress(OSError):
+        entries = list(os.scandir(top))
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def sysv_ids(kind):
+    """Ids of the SysV IPC objects of one kind in this IPC namespace."""
+    try:
+        with open(f"/proc/sysvipc/{kind}") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    return [int(row.split()[1]) for row in rows if row.strip()]
+
+
+def remove_sysv():
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, fn in SYSVIPC.items():
+        for ipc_id in sysv_ids(kind):
+            if kind == "sem":
+                libc.semctl(ipc_id, 0, IPC_RMID)
+            else:
+                getattr(libc, fn)(ipc_id, IPC_RMID, None)
+
+
+def other_pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+
+
+def residue():
+    """What an episode left behind: the reason a container must not be handed out."""
+    found = [f"process {pid}" for pid in other_pids()]
+    for top in (WORK, *SCRATCH):
+        with contextlib.suppress(OSError):
+            found += [os.path.join(top, name) for name in sorted(os.listdir(top))]
+    for kind in SYSVIPC:
+        found += [f"sysv {kind} {ipc_id}" for ipc_id in sysv_ids(kind)]
+    return found
+
+
+def reset(_req):
+    kill_all()
+    for top in (WORK, *SCRATCH):
+        empty_dir(top)
+    remove_sysv()
+    return {"ok": True, "residue": residue()}
+
+
+def check(_req):
+    return {"ok": True, "residue": residue()}
 
 
 def ping(_req):
@@ -321,6 +391,7 @@ OPS = {
     "restore": restore,
     "snapshot": snapshot,
     "reset": reset,
+    "check": check,
 }
 
 
