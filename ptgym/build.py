@@ -6,7 +6,8 @@ Shared by ``train``, ``rollout`` and ``eval`` so the three commands build the sa
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import logging
+import sys
 from typing import Any
 
 import gymnasium
@@ -15,9 +16,14 @@ from ptgym.config import ConfigError, EnvConfig, RolloutConfig, SamplingConfig
 from ptgym.registry import resolve
 from ptgym.rollout import Budget, Collector
 
+log = logging.getLogger(__name__)
+TURN_LIMIT_ATTRS = ("max_turns", "max_attempts")  # what envs declare as replies per episode
+NO_TURN_LIMIT = sys.maxsize
+_WARNED: set[tuple[str, int]] = set()  # (env id, rollout.max_turns) already warned about
 
-def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[[], gymnasium.Env]]:
-    """The env's id and a function that makes one instance.
+
+def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, EnvMaker]:
+    """The env's id and a function that makes one instance (an ``EnvMaker``).
 
     ``split`` is passed to envs whose constructor takes it (held-out tasks for eval). Constructor
     arguments are checked here, so a typo in ``env.kwargs`` fails before the model loads. An env
@@ -41,14 +47,54 @@ def env_factory(env: EnvConfig, *, split: str = "train") -> tuple[str, Callable[
             )
 
     try:  # made once here so a bad argument value fails before the model loads
-        spare = [gymnasium.make(spec.id, **kwargs)]
+        first = gymnasium.make(spec.id, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"env {spec.id} cannot be made with env.kwargs={kwargs}: {exc}") from exc
+    return spec.id, EnvMaker(spec.id, kwargs, first)
 
-    def make() -> gymnasium.Env:
-        return spare.pop() if spare else gymnasium.make(spec.id, **kwargs)
 
-    return spec.id, make
+class EnvMaker:
+    """Makes instances of one env with fixed kwargs; hands out the checked first instance first,
+    and knows the env's own turn limit (read off that instance)."""
+
+    def __init__(self, env_id: str, kwargs: dict[str, Any], first: gymnasium.Env):
+        self.env_id, self.kwargs = env_id, kwargs
+        self.turn_limit = turn_limit(first)
+        self._spare = [first]
+
+    def __call__(self) -> gymnasium.Env:
+        return self._spare.pop() if self._spare else gymnasium.make(self.env_id, **self.kwargs)
+
+
+def turn_limit(env: gymnasium.Env) -> int | None:
+    """The env's own limit on assistant turns, or None if it declares none: the smallest of the
+    ``max_turns`` or ``max_attempts`` it declares and its spec's ``max_episode_steps`` (the
+    TimeLimit Gymnasium wraps it in)."""
+    limits = [getattr(env.unwrapped, name, None) for name in TURN_LIMIT_ATTRS]
+    limits.append(env.spec.max_episode_steps if env.spec is not None else None)
+    found = [n for n in limits if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return min(found) if found else None
+
+
+def max_turns(configured: int | None, env_limit: int | None, env_id: str) -> int:
+    """The collector's turn budget: ``rollout.max_turns`` when set, else the env's own limit
+    (no turn limit when the env declares none: it ends episodes itself, or max_tokens does).
+
+    A configured budget below the env's own limit cuts episodes the env would continue; that is
+    logged once per env and value, since it turns a multi-turn env silently into a shorter one.
+    """
+    if configured is None:
+        return env_limit if env_limit is not None else NO_TURN_LIMIT
+    if env_limit is not None and configured < env_limit and (env_id, configured) not in _WARNED:
+        _WARNED.add((env_id, configured))
+        log.warning(
+            "rollout.max_turns=%d is below %s's own limit of %d turns: longer episodes are cut "
+            "off as truncated; leave rollout.max_turns unset to use the env's limit",
+            configured,
+            env_id,
+            env_limit,
+        )
+    return configured
 
 
 def _constructor_params(cls: Any) -> set[str] | None:
@@ -88,13 +134,19 @@ def make_collector(
     from ptgym.agents.chat import ChatRenderer
 
     env_id, factory = env_factory(env, split=split)
+    turns = max_turns(rollout.max_turns, factory.turn_limit, env_id)
     params = SamplingParams(
         max_new_tokens=sampling.max_new_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         top_k=sampling.top_k,
     )
-    budget = Budget(rollout.max_turns, rollout.max_tokens, rollout.episode_timeout_s)
+    budget = Budget(turns, rollout.max_tokens, rollout.episode_timeout_s)
+    runner = None  # the collector's own thread pool
+    if rollout.collector == "ray":
+        from ptgym.ray_collector import ray_runner
+
+        runner = ray_runner(rollout, env, split=split)
     return Collector(
         backend,
         ChatRenderer(tokenizer),
@@ -106,6 +158,7 @@ def make_collector(
         env_workers=rollout.env_workers,
         batch_size=rollout.batch_size,
         seed=rollout.seed,
+        runner=runner,
     )
 
 

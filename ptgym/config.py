@@ -94,7 +94,11 @@ class SamplingConfig:
 class RolloutConfig:
     tasks: int = opt(4, "distinct tasks (prompts) per batch", minimum=1)
     group: int = opt(4, "rollouts per task: the GRPO group size (k for eval)", minimum=1)
-    max_turns: int = opt(1, "assistant turns per episode before truncation", minimum=1)
+    max_turns: int | None = opt(
+        None,
+        "assistant turns per episode before truncation (default: the env's own limit)",
+        minimum=1,
+    )
     max_tokens: int = opt(1024, "sampled tokens per trajectory before truncation", minimum=1)
     episode_timeout_s: float = opt(600.0, "wall time per episode before truncation")
     env_workers: int = opt(8, "threads stepping synchronous envs")

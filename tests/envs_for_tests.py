@@ -7,6 +7,7 @@ their arguments and the reset seed, so a test knows exactly what every episode m
 - ``SlowEnv``: an ``EchoEnv`` whose ``step`` sleeps, per seed (wall-time budget; generation for
   other episodes goes on meanwhile) and logs when each step ran.
 - ``FailingEnv``: raises in ``step`` or reports ``info["error"]`` for chosen seeds.
+- ``ThreeTurnEnv``: ends after three replies, and declares so (``max_turns = 3``).
 - ``ToolEnv``: parses tool calls with ``parse_tool_calls``; a malformed call gets the parser's
   errors back as a ``tool`` message and the episode goes on.
 
@@ -101,6 +102,18 @@ class FailingEnv(EchoEnv):
         if self.seed in self.error_on:
             info = {"error": "judge unreachable"}
         return [], 1.0, True, False, info
+
+
+class ThreeTurnEnv(EchoEnv):
+    """Three replies per episode: ``user("echo 1")``, ``user("echo 2")``, then terminated with
+    reward 1. Declares its limit as ``max_turns = 3``, as an env author would."""
+
+    max_turns = 3
+
+    def step(self, action: str | Action) -> StepResult:
+        obs, _, _, _, info = super().step(action)
+        done = self.turn >= self.max_turns
+        return ([] if done else obs), float(done), done, False, info
 
 
 ECHO_TOOL = {

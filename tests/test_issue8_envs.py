@@ -8,15 +8,22 @@ runs ``ptgym`` next to their module) or ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium
 import pytest
 
+from ptgym.build import make_collector, turn_limit
 from ptgym.cli import main
+from ptgym.config import RolloutCommand, compose
+from ptgym.registry import register
 from ptgym.store import TrajectoryStore
+from tests.envs_for_tests import EchoEnv, ScriptedBackend, ThreeTurnEnv
+from tests.tiny import tiny_tokenizer
 
 GUESS_MODULE = '''
 from typing import Any
@@ -102,3 +109,66 @@ def test_train_with_module_colon_class_in_process(user_dir, monkeypatch):
     assert main(["train", *args, "sampling.max_new_tokens=4", f"out={out}"]) == 0
     trajs = list(TrajectoryStore(out))
     assert len(trajs) == 4 and {t.env_id for t in trajs} == {"guessmod/UnregisteredEnv-v0"}
+
+
+# --- #2: the env's own turn limit is the default ----------------------------------------------
+
+
+def collect(env_name: str, *overrides: str) -> list:
+    cfg = compose(RolloutCommand, [f"env={env_name}", "sampling.max_new_tokens=8", *overrides])
+    tokenizer = tiny_tokenizer()
+    backend = ScriptedBackend(tokenizer, ["one", "two", "three", "four"])
+    collector = make_collector(
+        backend, tokenizer, cfg.env, cfg.sampling, cfg.rollout, model_name="scripted"
+    )
+    try:
+        return collector.collect([0, 1], 2)
+    finally:
+        collector.close()
+
+
+register("tests/ThreeTurns-v0", ThreeTurnEnv)  # declares max_turns = 3
+register("tests/EchoLimit-v0", EchoEnv, max_episode_steps=3)  # never ends; the spec limits it
+
+
+def test_rollout_max_turns_defaults_to_unset():
+    assert compose(RolloutCommand, []).rollout.max_turns is None
+
+
+def test_a_three_turn_env_runs_its_three_turns_by_default(caplog):
+    trajs = collect("tests/ThreeTurns-v0")
+    assert [len(t.turns) for t in trajs] == [3, 3, 3, 3]
+    assert all(t.terminated and not t.truncated and t.reward == 1.0 for t in trajs)
+    assert "rollout.max_turns" not in caplog.text
+
+
+def test_the_specs_max_episode_steps_is_the_default_limit():
+    trajs = collect("tests/EchoLimit-v0")
+    assert [len(t.turns) for t in trajs] == [3, 3, 3, 3]
+    assert all(t.truncated and not t.terminated for t in trajs)  # Gymnasium's TimeLimit
+
+
+def test_turn_limit_is_the_smallest_the_env_declares():
+    assert turn_limit(gymnasium.make("tests/ThreeTurns-v0")) == 3
+    assert turn_limit(gymnasium.make("tests/EchoLimit-v0")) == 3
+    assert turn_limit(gymnasium.make("ptgym/Math-v0", max_attempts=2)) == 2  # spec says 16
+    assert turn_limit(EchoEnv()) is None
+
+
+def test_a_collector_limit_below_the_envs_is_warned_about_once(caplog):
+    caplog.set_level(logging.WARNING, logger="ptgym.build")
+    first = collect("tests/ThreeTurns-v0", "rollout.max_turns=2")
+    collect("tests/ThreeTurns-v0", "rollout.max_turns=2")  # a second collector, same limit
+    assert [len(t.turns) for t in first] == [2, 2, 2, 2] and all(t.truncated for t in first)
+    warnings = [r.getMessage() for r in caplog.records if "rollout.max_turns" in r.getMessage()]
+    assert warnings == [
+        "rollout.max_turns=2 is below tests/ThreeTurns-v0's own limit of 3 turns: longer "
+        "episodes are cut off as truncated; leave rollout.max_turns unset to use the env's limit"
+    ]
+
+
+def test_a_collector_limit_at_or_above_the_envs_is_not_warned_about(caplog):
+    caplog.set_level(logging.WARNING, logger="ptgym.build")
+    trajs = collect("tests/ThreeTurns-v0", "rollout.max_turns=5")
+    assert [len(t.turns) for t in trajs] == [3, 3, 3, 3]
+    assert "rollout.max_turns" not in caplog.text
