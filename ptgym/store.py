@@ -13,6 +13,7 @@ Imports neither torch nor textual: the TUI reads runs through this module.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import threading
@@ -33,6 +34,7 @@ HEADER = MAGIC + struct.pack("<H", VERSION)
 FRAME = struct.Struct("<II")  # payload length, crc32 of payload
 OFFSET = struct.Struct("<Q")
 MAX_RECORD = 1 << 30
+log = logging.getLogger(__name__)
 
 
 class CorruptStreamError(ValueError):
@@ -207,11 +209,18 @@ class RecordReader:
         idx = _read_index(self.path.with_suffix(self.path.suffix + ".idx"))
         size = self.path.stat().st_size
         if idx is not None and (not idx or idx[-1] < size):
-            # Trust the index only if its last record really ends at (or before) the file's end.
+            # Trust the index only if its last record really ends at the file's end and is intact
+            # (a crash can garble the last write; scan() then reports it as a torn tail).
             end = self._end_of(idx[-1]) if idx else len(HEADER)
-            if end == size:
+            if end == size and (not idx or self._intact(idx[-1])):
                 return idx, None
         return scan(self.path)
+
+    def _intact(self, offset: int) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            length, crc = FRAME.unpack(f.read(FRAME.size))
+            return zlib.crc32(f.read(length)) == crc
 
     def _end_of(self, offset: int) -> int:
         with open(self.path, "rb") as f:
@@ -363,6 +372,7 @@ class TrajectoryStore:
 
     def __iter__(self) -> Iterator[Trajectory]:
         for reader in self.readers():
+            _report_torn(reader)
             for record in reader:
                 yield Trajectory.from_record(record)
 
@@ -387,6 +397,25 @@ class TrajectoryStore:
         import datasets
 
         return datasets.Dataset.from_list([_export_row(t, fmt) for t in self])
+
+
+_REPORTED: set[tuple[str, int]] = set()  # (stream path, torn offset) already logged
+
+
+def _report_torn(reader: RecordReader) -> None:
+    """Log a stream's torn tail once per file and offset: the records after it are skipped, and
+    a reader should hear so rather than count fewer records in silence."""
+    torn = reader.torn
+    if torn is None or (str(reader.path), torn.offset) in _REPORTED:
+        return
+    _REPORTED.add((str(reader.path), torn.offset))
+    log.warning(
+        "%s: %s; read the %d records before it (a crash cut the last write, or a writer is "
+        "still writing it)",
+        reader.path,
+        torn,
+        len(reader),
+    )
 
 
 def _export_row(t: Trajectory, fmt: str) -> dict[str, Any]:
