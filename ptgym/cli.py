@@ -160,6 +160,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from ptgym.tui.alerts import Thresholds
+    from ptgym.tui.app import run_tui
+
+    th = Thresholds(kl_max=args.kl_max, collapse_frac=args.collapse_frac, window=args.window)
+    try:
+        return run_tui(args.target, annotator=args.annotator, thresholds=th)
+    except ValueError as exc:
+        print(f"ptgym tui: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_prefs_export(args: argparse.Namespace) -> int:
     from ptgym import judgments
 
@@ -242,6 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(fn=cmd_serve)
+
+    tui = sub.add_parser(
+        "tui",
+        help="terminal UI: runs, rollouts token by token, rank pairs, monitor training live",
+        description="ptgym tui [PATH] | ptgym tui monitor RUN | ptgym tui rank RUN",
+    )
+    tui.add_argument(
+        "target", nargs="*", metavar="[monitor|rank] PATH", help="a run or a folder of runs"
+    )
+    tui.add_argument("--annotator", default=None, help="rank: your name (default: login name)")
+    tui.add_argument("--kl-max", type=float, default=1.0, help="monitor: warn when KL exceeds it")
+    tui.add_argument(
+        "--collapse-frac",
+        type=float,
+        default=0.5,
+        help="monitor: warn when the recent mean reward falls below this share of the best",
+    )
+    tui.add_argument("--window", type=int, default=5, help="monitor: steps per reward window")
+    tui.set_defaults(fn=cmd_tui)
 
     prefs = sub.add_parser("prefs", help="preference data: export ranked pairs")
     prefs_sub = prefs.add_subparsers(dest="action", metavar="ACTION", required=True)
