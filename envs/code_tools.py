@@ -24,6 +24,15 @@ leases a sandbox from the pool, restores the workspace into its empty ``/work``,
 container while the model is generating, any number of episodes share a pool of any size
 without deadlock, and no process outlives its call.
 
+Limits, each breach an observation that counts against the agent (never ``info["error"]``, which
+is only for failures that are not the agent's doing): inside a call, ``SandboxConfig``'s
+``work_size``, ``work_inodes`` and ``max_file_size`` (the agent's code gets ENOSPC or EFBIG); the
+workspace carried between calls keeps at most ``MAX_WORKSPACE_FILES`` files of at most
+``MAX_FILE_BYTES`` each and ``MAX_WORKSPACE_BYTES`` in all (the result names what was not kept);
+``write_file`` refuses what would break them. File names need not be UTF-8 (they are kept as
+``os.fsdecode`` gives them and shown with ``\\xff`` escapes). Every tool result is cut to
+``max_result_chars`` with a note saying how much was cut.
+
 A reply without a tool call gets a reminder of the protocol; if it contains a fenced
 ```` ```python ```` block, the last such block is written to ``solution.py`` first (small models
 often answer that way) and the reminder says so. Malformed calls get the parser's error message.
@@ -58,6 +67,7 @@ reward is 0.0, a failure of the infrastructure, not a score (the trainer drops i
 - ``max_turns``: replies per episode. ``time_limit_s``: wall-clock budget per episode.
 - ``tool_call_penalty``: subtracted per tool call. ``timeout_s``: per ``run_python``/``run_tests``.
 - ``call_timeout_s`` / ``grade_budget_s``: per candidate call and total, in hidden grading.
+- ``max_result_chars``: the longest tool result (the rest is cut, with a note).
 
 ``reset(options=...)``: ``{"task_id": "HumanEval/7"}`` or ``{"index": i}`` (``num_tasks`` = 164);
 otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``tools``,
@@ -86,7 +96,12 @@ from ptgym.sandbox import ExecResult, SandboxConfig, SandboxError, SandboxPool
 from ptgym.types import Action, ToolCall
 
 SOLUTION = "solution.py"
+# The workspace carried between calls (the files the host keeps): what a call leaves beyond these
+# is not kept, and the tool result says so. Inside a call, SandboxConfig's work_size, work_inodes
+# and max_file_size limit what the agent's code can write at all (ENOSPC / EFBIG).
 MAX_WORKSPACE_BYTES = 8 << 20
+MAX_WORKSPACE_FILES = 256
+MAX_FILE_BYTES = 1 << 20
 
 
 def _fn(name: str, description: str, **params: str) -> dict[str, Any]:
@@ -157,6 +172,18 @@ def workspace_path(path: Any) -> str:
     return norm
 
 
+def shown(name: str) -> str:
+    """A file name for an observation: bytes that are not UTF-8 as escapes (``\\xff``)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def cap(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with a note saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... truncated: {len(text) - limit} more characters]"
+
+
 def format_exec(r: ExecResult, timeout: float) -> str:
     head = f"exit code: {r.exit_code}"
     if r.timed_out:
@@ -192,6 +219,7 @@ class CodeToolsEnv(TextEnv):
         grade_budget_s: float = 30.0,
         pool_size: int = 4,
         sandbox: SandboxConfig | dict[str, Any] | None = None,
+        max_result_chars: int = 16384,
         render_mode: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
@@ -206,6 +234,7 @@ class CodeToolsEnv(TextEnv):
         self.time_limit_s = time_limit_s
         self.call_timeout_s = call_timeout_s
         self.grade_budget_s = grade_budget_s
+        self.max_result_chars = max_result_chars
         self.tasks = load_tasks()
         self.task: Task | None = None
         self.files: dict[str, bytes] = {}
@@ -277,7 +306,7 @@ class CodeToolsEnv(TextEnv):
         reward, terminated = 0.0, False
         try:
             if parsed.errors:
-                obs.append(format_errors(parsed.errors))
+                obs.append(format_errors([cap(e, self.max_result_chars) for e in parsed.errors]))
             if not parsed.calls and not parsed.errors:
                 obs.append({"role": "user", "content": self._no_call(text)})
             for call in parsed.calls:
@@ -302,7 +331,7 @@ class CodeToolsEnv(TextEnv):
                         )
                     )
                     break
-                obs.append(format_tool_result(call, self._tool(call)))
+                obs.append(format_tool_result(call, cap(self._tool(call), self.max_result_chars)))
         except SandboxError as e:
             info["error"] = f"sandbox failure: {e}"
             obs, reward, terminated = [], 0.0, False
@@ -332,15 +361,16 @@ class CodeToolsEnv(TextEnv):
             if call.name == "write_file":
                 path = workspace_path(args.get("path"))
                 content = str(args.get("content", "")).encode()
-                size = sum(len(v) for k, v in self.files.items() if k != path) + len(content)
-                if size > MAX_WORKSPACE_BYTES:
-                    return f"error: the workspace would exceed {MAX_WORKSPACE_BYTES} bytes"
+                error = self._over_limits(path, content)
+                if error:
+                    return error
                 self.files[path] = content
-                return f"wrote {len(content)} bytes to {path}"
+                return f"wrote {len(content)} bytes to {shown(path)}"
             if call.name == "read_file":
                 path = workspace_path(args.get("path"))
                 if path not in self.files:
-                    return f"error: {path} does not exist; files: {', '.join(sorted(self.files))}"
+                    names = ", ".join(shown(n) for n in sorted(self.files))
+                    return f"error: {shown(path)} does not exist; files: {names}"
                 return self.files[path].decode("utf-8", errors="replace")
             if call.name == "run_python":
                 return format_exec(
@@ -357,12 +387,32 @@ class CodeToolsEnv(TextEnv):
             return f"error: {e}"
         return f"error: unknown tool {call.name!r}"
 
+    def _over_limits(self, path: str, content: bytes) -> str:
+        """Why writing ``content`` to ``path`` would break the workspace limits, or ''."""
+        if len(content) > MAX_FILE_BYTES:
+            return f"error: {len(content)} bytes is over the limit of {MAX_FILE_BYTES} per file"
+        others = {k: v for k, v in self.files.items() if k != path}
+        if len(others) + 1 > MAX_WORKSPACE_FILES:
+            return f"error: the workspace already holds {MAX_WORKSPACE_FILES} files, the most"
+        if sum(map(len, others.values())) + len(content) > MAX_WORKSPACE_BYTES:
+            return f"error: the workspace would exceed {MAX_WORKSPACE_BYTES} bytes"
+        return ""
+
     def _run(self, argv: list[str], stdin: str) -> ExecResult:
-        """Run in a leased sandbox holding the workspace, then keep what it left in /work."""
+        """Run in a leased sandbox holding the workspace, then keep what it left in /work (within
+        the workspace limits; what is over them is not kept, and the result says so)."""
         with self.pool.lease() as sb:
             sb.restore(self.files)
             result = sb.exec(argv, stdin=stdin.encode(), timeout=self.timeout_s)
-            self.files, skipped = sb.snapshot(MAX_WORKSPACE_BYTES)
-        if skipped:
-            result.stderr += f"\n[not kept, workspace over {MAX_WORKSPACE_BYTES} bytes: {skipped}]"
+            snap = sb.snapshot(MAX_WORKSPACE_BYTES, MAX_WORKSPACE_FILES, MAX_FILE_BYTES)
+        self.files = snap.files
+        if snap.skipped_count:
+            names = ", ".join(shown(n) for n in snap.skipped)
+            more = snap.skipped_count - len(snap.skipped)
+            sep = "\n" if result.stderr and not result.stderr.endswith("\n") else ""
+            result.stderr += sep + (
+                f"[workspace limits ({MAX_WORKSPACE_FILES} files, {MAX_FILE_BYTES} bytes per "
+                f"file, {MAX_WORKSPACE_BYTES} in all): {snap.skipped_count} files not kept: "
+                f"{names}{f' and {more} more' if more > 0 else ''}]"
+            )
         return result

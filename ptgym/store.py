@@ -380,7 +380,12 @@ class TrajectoryStore:
         return {r.path.name: r.torn for r in self.readers() if r.torn is not None}
 
     def export_jsonl(self, path: str | Path, *, fmt: str = "messages") -> int:
-        """Write JSONL; ``fmt="messages"`` (TRL conversational: ``messages`` + reward) or ``"full"``."""
+        """Write JSONL, one row per trajectory, in one of three formats: ``"messages"`` (TRL's
+        conversational language modeling: ``messages``), ``"prompt-completion"`` (TRL's
+        conversational prompt/completion: ``prompt`` = the messages before the first assistant
+        turn, ``completion`` = the rest, env replies included) or ``"full"`` (``messages`` and
+        the sampled token ids and logprobs of every turn). Every format adds the reward and ids.
+        """
         rows = 0
         tmp = Path(str(path) + ".tmp")
         with open(tmp, "w") as f:
@@ -393,7 +398,8 @@ class TrajectoryStore:
         return rows
 
     def to_dataset(self, *, fmt: str = "messages") -> Any:
-        """A Hugging Face ``datasets.Dataset`` with one row per trajectory."""
+        """A Hugging Face ``datasets.Dataset`` with one row per trajectory (formats as
+        ``export_jsonl``)."""
         import datasets
 
         return datasets.Dataset.from_list([_export_row(t, fmt) for t in self])
@@ -440,8 +446,15 @@ def _export_row(t: Trajectory, fmt: str) -> dict[str, Any]:
             }
             for turn in t.turns
         ]
+    elif fmt == "prompt-completion":
+        messages = row.pop("messages")
+        cut = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
+        cut = len(messages) if cut is None else cut
+        row = {"prompt": messages[:cut], "completion": messages[cut:], **row}
     elif fmt != "messages":
-        raise ValueError(f"unknown export format {fmt!r}: use 'messages' or 'full'")
+        raise ValueError(
+            f"unknown export format {fmt!r}: use 'messages', 'prompt-completion' or 'full'"
+        )
     return row
 
 

@@ -217,3 +217,139 @@ def test_hidden_test_arguments_posted_to_a_message_queue_do_not_reach_the_next_e
         assert "error" not in info
         assert obs[0]["content"] == f"exit code: 0\nstdout:\nopen: {ENOENT} []\n"
         next_task_scores_1(pool)
+
+
+# ---- 2. failures the agent causes are observations, not info["error"] -----------------------
+
+
+def run(env, code: str) -> tuple[str, dict]:
+    """One run_python call; its observation text and info (which must carry no error)."""
+    obs, reward, terminated, truncated, info = env.step(call("run_python", code=code))
+    assert "error" not in info and not truncated, info.get("error")
+    return obs[0]["content"], info
+
+
+def finish_with_canonical(env, task) -> None:
+    """The episode goes on and is scored: the canonical solution still earns 1.0."""
+    env.step(call("write_file", path="solution.py", content=canonical(task)))
+    _, reward, terminated, _, info = env.step(call("submit"))
+    assert (reward, terminated, "error" in info) == (1.0, True, False)
+
+
+@pytest.mark.docker
+def test_a_file_name_that_is_not_utf8_round_trips_as_bytes(sandbox_pool):
+    env = CodeToolsEnv(pool=sandbox_pool)
+    env.reset(options={"task_id": TASKS[2].task_id})
+    text, _ = run(env, "open(b'\\xff', 'w').write('x'); open(b'ok\\xe9.txt', 'w').close()")
+    assert text == "exit code: 0"
+    assert set(env.files) == {"solution.py", "\udcff", "ok\udce9.txt"}
+    text, _ = run(env, "import os; print(sorted(os.listdir(b'.')), open(b'\\xff').read())")
+    assert text == "exit code: 0\nstdout:\n[b'ok\\xe9.txt', b'solution.py', b'\\xff'] x\n"
+    obs, *_ = env.step(call("read_file", path="missing"))
+    assert obs[0]["content"].endswith("files: ok\\xe9.txt, solution.py, \\xff")
+    obs[0]["content"].encode("utf-8")  # no lone surrogates reach the tokenizer
+    finish_with_canonical(env, TASKS[2])
+
+
+ENOSPC, EFBIG = 28, 27
+INODE_FLOOD = """
+import os
+n = 0
+try:
+    for n in range(300_000):
+        open(f"f{n}", "w").close()
+except OSError as e:
+    print(n, e.errno)
+"""
+
+
+@pytest.mark.docker
+def test_an_inode_flood_is_stopped_where_it_is_written_and_is_the_agents_observation(
+    sandbox_pool,
+):
+    env = CodeToolsEnv(pool=sandbox_pool)
+    env.reset(options={"task_id": TASKS[3].task_id})
+    text, _ = run(env, INODE_FLOOD)
+    created, errno = map(int, text.split("stdout:\n")[1].split("\n")[0].split())
+    assert errno == ENOSPC and created < TEST_CONFIG.work_inodes
+    assert f"{created + 1 - 256} files not kept" in text  # solution.py + created, 256 kept
+    assert len(env.files) == 256 and "solution.py" not in env.files  # f0.. sort first
+    obs, *_ = env.step(call("write_file", path="solution.py", content=canonical(TASKS[3])))
+    assert obs[0]["content"] == "error: the workspace already holds 256 files, the most"
+    run(env, "import glob, os\nfor f in glob.glob('f*'): os.remove(f)")
+    assert env.files == {}
+    finish_with_canonical(env, TASKS[3])
+
+
+@pytest.mark.docker
+def test_file_and_workspace_size_limits_are_the_agents_observation(sandbox_pool):
+    env = CodeToolsEnv(pool=sandbox_pool)
+    env.reset(options={"task_id": TASKS[4].task_id})
+    one_big = "f = open('big', 'wb')\ntry:\n    f.write(b'x' * (20 << 20))\nexcept OSError as e:\n"
+    text, _ = run(env, one_big + "    print('big', e.errno)")
+    assert f"stdout:\nbig {EFBIG}\n" in text  # max_file_size (16m) per file
+    assert text.endswith("1 files not kept: big]")  # over MAX_FILE_BYTES (1 MiB): not carried
+    many = (
+        "n = 0\ntry:\n    for n in range(10):\n        open(f'p{n}', 'wb').write(b'x' * (15 << 20))\n"
+        "except OSError as e:\n    print(n, e.errno)"
+    )
+    text, _ = run(env, many)
+    assert f"stdout:\n4 {ENOSPC}\n" in text  # work_size (64m) in all
+    assert text.endswith("5 files not kept: p0, p1, p2, p3, p4]")
+    assert set(env.files) == {"solution.py"}
+    obs, *_ = env.step(call("write_file", path="w.txt", content="x" * (2 << 20)))
+    assert obs[0]["content"] == f"error: {2 << 20} bytes is over the limit of {1 << 20} per file"
+    finish_with_canonical(env, TASKS[4])
+
+
+# ---- 5. every tool result is capped -----------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_read_file_of_a_large_file_is_capped_with_a_note(sandbox_pool):
+    env = CodeToolsEnv(pool=sandbox_pool)
+    env.reset(options={"task_id": TASKS[5].task_id})
+    run(env, "open('half.txt', 'w').write('y' * 900_000); open('8mb', 'w').write('z' * (8 << 20))")
+    assert set(env.files) == {"solution.py", "half.txt"}  # 8 MB is over the per-file limit
+    obs, *_ = env.step(call("read_file", path="half.txt") + call("read_file", path="8mb"))
+    limit = env.max_result_chars
+    assert (
+        obs[0]["content"] == "y" * limit + f"\n[... truncated: {900_000 - limit} more characters]"
+    )
+    assert obs[1]["content"].startswith("error: 8mb does not exist")
+    long_call = "<tool_call>{" + "x" * 100_000 + "</tool_call>"
+    obs, *_ = env.step(long_call)
+    assert len(obs[0]["content"]) < limit + 100
+    finish_with_canonical(env, TASKS[5])
+
+
+# ---- 7. smaller: unreadable files, OOM reports, PID 1 -----------------------------------------
+
+
+@pytest.mark.docker
+def test_a_mode_000_file_or_directory_does_not_replace_the_output(sandbox_pool):
+    env = CodeToolsEnv(pool=sandbox_pool)
+    env.reset(options={"task_id": TASKS[6].task_id})
+    code = (
+        "import os\nopen('secret', 'w').write('s'); os.chmod('secret', 0)\n"
+        "os.mkdir('d'); open('d/f', 'w').write('f'); os.chmod('d', 0)\nprint('done')"
+    )
+    text, _ = run(env, code)
+    assert text == "exit code: 0\nstdout:\ndone\n"
+    assert (env.files["secret"], env.files["d/f"]) == (b"s", b"f")
+    finish_with_canonical(env, TASKS[6])
+
+
+@pytest.mark.docker
+def test_out_of_memory_kills_are_always_reported(sandbox_pool):
+    bombs = [
+        "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 << 20))",
+        "b = bytearray(1 << 30)",
+        "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'b = bytearray(1 << 30)'])",
+    ]
+    with sandbox_pool.lease() as sb:
+        for bomb in bombs * 3:
+            r = sb.run_python(bomb, timeout=30.0)
+            assert (r.oom, r.timed_out) == (True, False), (bomb, r)
+        assert sb.run_python("print('alive')").stdout == "alive\n"
+    next_task_scores_1(sandbox_pool)

@@ -376,7 +376,10 @@ def test_export_jsonl_in_messages_and_full_formats(tmp_path):
         written[2].turns[1].completion_logprobs.tolist()
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "trajectories"]
-    with pytest.raises(ValueError, match="unknown export format 'trl': use 'messages' or 'full'"):
+    with pytest.raises(
+        ValueError,
+        match="unknown export format 'trl': use 'messages', 'prompt-completion' or 'full'",
+    ):
         TrajectoryStore(tmp_path).export_jsonl(out, fmt="trl")
 
 

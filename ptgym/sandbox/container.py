@@ -9,6 +9,7 @@ so the image carries no server code.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,16 @@ class ExecResult:
         return self.exit_code == 0 and not self.timed_out
 
 
+@dataclass
+class Snapshot:
+    """The files of /work (``files``) and the first names left out for the limits (``skipped``)
+    of ``skipped_count`` in all."""
+
+    files: dict[str, bytes]
+    skipped: list[str]
+    skipped_count: int
+
+
 def _text(data: bytes, total: int) -> str:
     """Decode (invalid UTF-8 becomes U+FFFD) and mark how much was cut off."""
     text = data.decode("utf-8", errors="replace")
@@ -222,13 +233,31 @@ class Sandbox:
         return self.request({"op": "read", "path": path, "max_bytes": max_bytes}, 30.0)["data"]
 
     def restore(self, files: dict[str, bytes]) -> None:
-        """Write many files under /work in one round trip."""
-        self.request({"op": "restore", "files": files}, 30.0)
+        """Write many files under /work in one round trip. Names that are not UTF-8 are given as
+        ``os.fsdecode`` gives them (surrogate escapes) and travel as bytes."""
+        self.request(
+            {"op": "restore", "files": {os.fsencode(k): v for k, v in files.items()}}, 30.0
+        )
 
-    def snapshot(self, max_bytes: int = 8 << 20) -> tuple[dict[str, bytes], list[str]]:
-        """Every regular file under /work, and the paths left out for exceeding ``max_bytes``."""
-        r = self.request({"op": "snapshot", "max_bytes": max_bytes}, 30.0)
-        return r["files"], r["skipped"]
+    def snapshot(
+        self, max_bytes: int = 8 << 20, max_files: int = 1 << 30, max_file_bytes: int | None = None
+    ) -> Snapshot:
+        """Every regular file under /work within the limits (names as ``os.fsdecode`` gives them:
+        a name that is not UTF-8 round-trips through ``restore``), and what was left out."""
+        r = self.request(
+            {
+                "op": "snapshot",
+                "max_bytes": max_bytes,
+                "max_files": max_files,
+                "max_file_bytes": max_bytes if max_file_bytes is None else max_file_bytes,
+            },
+            30.0,
+        )
+        return Snapshot(
+            files={os.fsdecode(k): v for k, v in r["files"].items()},
+            skipped=[os.fsdecode(k) for k in r["skipped"]],
+            skipped_count=r["skipped_count"],
+        )
 
     def reset(self) -> list[str]:
         """Kill every process, empty /work and the IPC namespace: the state a new episode starts

@@ -51,6 +51,7 @@ MAX_FRAME = 64 << 20
 CHUNK = 1 << 16
 DRAIN_S = 2.0  # how long to keep reading pipes after the process ended (a stuck writer)
 PR_SET_DUMPABLE = 4
+OOM_SETTLE_S = 0.5  # how long a SIGKILLed call waits for the cgroup's oom_kill counter
 CHILD_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": WORK,
@@ -226,6 +227,18 @@ def run(req):
             f.close()
     kill_all()
     oom_after = oom_kills()
+    # The OOM killer sends SIGKILL before it bumps the counter: a SIGKILL we did not send
+    # (no timeout) may be read here a moment too early, so give the counter time to catch up.
+    wait_until = time.monotonic() + OOM_SETTLE_S
+    while (
+        code == -signal.SIGKILL
+        and not timed_out
+        and oom_before is not None
+        and oom_after == oom_before
+        and time.monotonic() < wait_until
+    ):
+        time.sleep(0.005)
+        oom_after = oom_kills()
     fds = list(out)  # (stdout, stderr) in registration order
     return {
         "ok": True,
@@ -284,31 +297,50 @@ def read(req):
 
 
 def restore(req):
-    """Write many files at once (a workspace kept by the host between calls)."""
+    """Write many files at once (a workspace kept by the host between calls). Names may be bytes
+    (msgpack bin): file names need not be UTF-8."""
     for path, data in req["files"].items():
-        write({"path": path, "data": data})
+        write({"path": os.fsdecode(path), "data": data})
     return {"ok": True}
 
 
+def readable(path, mode):
+    """Give the owner (us: agent and server share the uid) read access, and for a directory
+    search access, so that a chmod 000 cannot hide a file from the copy-back."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, os.stat(path, follow_symlinks=False).st_mode & 0o7777 | mode)
+
+
 def snapshot(req):
-    """Every regular file under /work (symlinks skipped), up to ``max_bytes`` in total."""
+    """Every regular file under /work (symlinks skipped) with its name as bytes, within
+    ``max_bytes`` in total, ``max_files`` files and ``max_file_bytes`` each; ``skipped``: the
+    first names left out, ``skipped_count``: how many."""
     budget = int(req.get("max_bytes", 8 << 20))
-    files, skipped = {}, []
-    for root, dirs, names in os.walk(WORK):
+    max_files = int(req.get("max_files", 1 << 30))
+    max_file = int(req.get("max_file_bytes", budget))
+    files, skipped, n_skipped = {}, [], 0
+    for root, dirs, names in os.walk(WORK.encode()):
         dirs.sort()
+        for d in dirs:
+            full = os.path.join(root, d)
+            if not os.path.islink(full):
+                readable(full, 0o700)
         for name in sorted(names):
             full = os.path.join(root, name)
-            rel = os.path.relpath(full, WORK)
+            rel = os.path.relpath(full, WORK.encode())
             if os.path.islink(full) or not os.path.isfile(full):
                 continue
             size = os.path.getsize(full)
-            if size > budget:
-                skipped.append(rel)
+            if size > min(budget, max_file) or len(files) >= max_files:
+                n_skipped += 1
+                if len(skipped) < 20:
+                    skipped.append(rel)
                 continue
+            readable(full, 0o400)
             with open(full, "rb") as f:
                 files[rel] = f.read(size)
             budget -= len(files[rel])
-    return {"ok": True, "files": files, "skipped": skipped}
+    return {"ok": True, "files": files, "skipped": skipped, "skipped_count": n_skipped}
 
 
 def empty_dir(top):
