@@ -128,3 +128,26 @@ def mean_stats(values: list[dict[str, float]], weights: list[int], prefix: str) 
         f"{prefix}{k}": sum(float(v[k]) * w for v, w in zip(values, weights, strict=True)) / total
         for k in keys
     }
+
+
+def save_model(policy: Any, folder: str | Path, base: str) -> Path:
+    """A trained ``Policy`` as a plain transformers folder (LoRA merged; the adapter alone also
+    in ``<folder>-adapter``), written to a temp folder and renamed. ``base``: the model name the
+    run started from, kept in ``ptgym_base.txt`` (a short name or Hub id, not a cache path)."""
+    import shutil
+
+    folder = Path(folder)
+    model = policy.model
+    if policy.use_lora:
+        adapter = folder.with_name(f"{folder.name}-adapter")
+        shutil.rmtree(adapter, ignore_errors=True)
+        model.save_pretrained(adapter)
+        model = model.merge_and_unload()
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    (tmp / "ptgym_base.txt").write_text(base + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

@@ -397,6 +397,33 @@ def dpo_loss(
     return losses.mean(), stats
 
 
+def ipo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    tau: float = 0.1,
+) -> tuple[Tensor, Stats]:
+    """IPO (Azar et al. 2023, eq. 17): ``mean (h - 1 / (2 tau))^2``, inputs (B,) logprobs.
+
+    ``h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))``: a squared loss that pulls
+    the log-ratio margin to ``1 / (2 tau)`` instead of pushing it to infinity (DPO overfits on
+    deterministic preferences). The paper uses summed logprobs; TRL passes per-token means, and so
+    does ``ptgym dpo``. Stats as ``dpo_loss`` with ``tau`` in place of ``beta``.
+    """
+    chosen_reward = tau * (policy_chosen_logps - ref_chosen_logps.detach())  # (B,)
+    rejected_reward = tau * (policy_rejected_logps - ref_rejected_logps.detach())
+    h = (chosen_reward - rejected_reward) / tau
+    stats: Stats = {
+        "chosen_reward": chosen_reward.mean().detach(),
+        "rejected_reward": rejected_reward.mean().detach(),
+        "accuracy": (h > 0).to(h.dtype).mean().detach(),
+        "margin": (tau * h).mean().detach(),
+    }
+    return ((h - 1 / (2 * tau)) ** 2).mean(), stats
+
+
 def simpo_loss(
     chosen_avg_logps: Tensor,
     rejected_avg_logps: Tensor,
