@@ -264,6 +264,27 @@ def model_problem(name_or_path: str) -> str | None:
     )
 
 
+def portable_name(name_or_path: str | None) -> str | None:
+    """The name another machine can load the same base model by: a folder of ptgym's cache
+    becomes its short name (``ptgym models pull NAME`` rebuilds it); a Hub id or a user's own
+    folder stays as it is."""
+    if name_or_path:
+        path = Path(name_or_path)
+        if path.name in KNOWN_MODELS and path.resolve().parent == cache_dir().resolve():
+            return path.name
+    return name_or_path
+
+
+def adapter_problem(path: str) -> str | None:
+    """Why ``path`` is not a PEFT adapter folder, or None (checked before any weights load)."""
+    hint = "point it at a checkpoint's adapter folder, e.g. RUN/checkpoints/step-000020/adapter"
+    if not os.path.isdir(path):
+        return f"no such folder; {hint}"
+    if not (Path(path) / "adapter_config.json").is_file():
+        return f"the folder holds no adapter_config.json; {hint}"
+    return None
+
+
 def _model_folder(name_or_path: str) -> str | Path:
     if name_or_path in KNOWN_MODELS:
         return pull_model(name_or_path)

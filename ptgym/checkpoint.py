@@ -9,6 +9,8 @@ checkpoint or a whole one, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 import shutil
@@ -17,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ptgym.agents.models import portable_name
 
 PREFIX = "step-"
 
@@ -67,6 +71,7 @@ def save_checkpoint(
     hf_logging.disable_progress_bar()  # one line per step is ours; no shard bars in between
     if policy.use_lora:
         policy.model.save_pretrained(tmp / "adapter")
+        _make_portable(tmp / "adapter", policy.tokenizer)
     else:
         policy.model.save_pretrained(tmp / "model")
         policy.tokenizer.save_pretrained(tmp / "model")
@@ -95,6 +100,17 @@ def save_checkpoint(
     return final
 
 
+def _make_portable(adapter: Path, tokenizer: Any) -> None:
+    """PEFT names the base by the folder it was loaded from, an absolute path of this machine;
+    name it so another machine can load it (``portable_name``), and keep the tokenizer (and the
+    chat template the run used) beside the adapter."""
+    path = adapter / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = portable_name(config.get("base_model_name_or_path"))
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(adapter)
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.exists():
@@ -121,6 +137,35 @@ def load_checkpoint(path: Path, policy: Any, optimizer: Any, scheduler: Any) -> 
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return int(state["step"])
+
+
+def adapter_lora(adapter: str | Path, lora: Any) -> Any:
+    """``lora`` with the shape of the adapter at ``adapter`` (rank, alpha, target modules): an
+    adapter is continued with the structure it was trained with, whatever ``lora.*`` says."""
+    saved = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    targets = saved.get("target_modules") or lora.target_modules
+    return dataclasses.replace(
+        lora,
+        enabled=True,
+        r=int(saved.get("r", lora.r)),
+        alpha=int(saved.get("lora_alpha", lora.alpha)),
+        target_modules=[targets] if isinstance(targets, str) else sorted(targets),
+    )
+
+
+def load_adapter(policy: Any, adapter: str | Path) -> int:
+    """Copy a saved PEFT adapter's weights into the policy's LoRA layers (built with
+    ``adapter_lora``'s settings) so training continues from them; returns the tensors loaded."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    weights = load_peft_weights(str(adapter), device=str(policy.device))
+    result = set_peft_model_state_dict(policy.model, weights)
+    if result.unexpected_keys:
+        raise ValueError(
+            f"model.adapter={adapter} does not fit model={policy.model.config._name_or_path} "
+            f"(e.g. {result.unexpected_keys[0]!r}); give the base model it was trained on"
+        )
+    return len(weights)
 
 
 def export_merged(checkpoint: Path, out: Path, base_model: str) -> Path:

@@ -321,15 +321,24 @@ def _validate(obj: Any) -> None:
 
 
 def _check_model_and_mirrors(obj: Any) -> None:
-    """What would otherwise fail only after the model loaded: the model name, the optional
-    mirror packages."""
+    """What would otherwise fail only after the model loaded: the model name, the adapter, the
+    optional mirror packages."""
     model = getattr(obj, "model", None)
     if model is not None:
-        from ptgym.agents.models import model_problem
+        from ptgym.agents.models import adapter_problem, model_problem
 
         problem = model_problem(model.name)
         if problem:
             raise ConfigError(f"model={model.name}: {problem}")
+        problem = model.adapter and adapter_problem(model.adapter)
+        if problem:
+            raise ConfigError(f"model.adapter={model.adapter}: {problem}")
+        lora = getattr(obj, "lora", None)
+        if model.adapter and lora is not None and not lora.enabled:
+            raise ConfigError(
+                f"model.adapter={model.adapter} continues training a LoRA adapter: add "
+                "lora.enabled=true (model=tiny turns LoRA off)"
+            )
     log = getattr(obj, "log", None)
     for mirror in ("tensorboard", "wandb"):
         if log is not None and getattr(log, mirror) and not _installed(mirror):

@@ -8,6 +8,7 @@ Reads top to bottom: setup, resume, loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -75,6 +76,8 @@ def _prepare_run_dir(cfg: TrainCommand) -> Path:
 
 def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     """Run the loop; returns the last step's metrics."""
+    if cfg.model.adapter:  # continue training it: its rank, alpha and targets win over lora.*
+        cfg = dataclasses.replace(cfg, lora=ckpt.adapter_lora(cfg.model.adapter, cfg.lora))
     run = _prepare_run_dir(cfg)
     seed_everything(cfg.trainer.seed)
     log(f"ptgym train: env={cfg.env.name} algo={cfg.algo.name} model={cfg.model.name} -> {run}")
@@ -86,6 +89,9 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         policy.trainable_parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if cfg.model.adapter:
+        n = ckpt.load_adapter(policy, cfg.model.adapter)
+        log(f"continuing model.adapter={cfg.model.adapter} ({n} tensors, lora.r={cfg.lora.r})")
     start = 0
     if cfg.resume and (found := ckpt.list_checkpoints(run)):
         start = ckpt.load_checkpoint(found[-1], policy, optimizer, scheduler)
@@ -171,7 +177,8 @@ def _one_step(
         m.update(update.step(batch))
     t_train = time.perf_counter() - t1
     if notes is not None:
-        notes.extend(trainer_notes(step + 1, trajs, kept, advantages))
+        for note in trainer_notes(step + 1, trajs, kept, advantages):
+            notes.append(note)
     m.update(step_metrics(collector.stats, t_train, time.perf_counter() - t0))
     m.update(gpu_metrics())
     return m

@@ -6,6 +6,7 @@ Real files in ``tmp_path``, the real tiny model, PEFT and transformers loaders.
 from __future__ import annotations
 
 import copy
+import json
 import random
 
 import numpy as np
@@ -15,6 +16,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptgym import checkpoint as ckpt
+from ptgym.agents.models import load_model
 from ptgym.config import LoraConfig
 from ptgym.policy import Policy
 from tests.tiny import tiny_model_and_tokenizer
@@ -135,3 +137,27 @@ def test_adapter_is_peft_format_and_exports_to_a_plain_merged_model(tmp_path):
     assert (
         AutoTokenizer.from_pretrained(out)("hi")["input_ids"] == policy.tokenizer("hi")["input_ids"]
     )
+
+
+def test_adapter_names_its_base_portably_and_carries_the_tokenizer(tmp_path, capsys):
+    """Issue 8 #8: the base is ``tiny`` (``ptgym models pull tiny``), not this machine's cache
+    path; the tokenizer (with the run's chat template) is saved beside the adapter; the folder
+    loads on the named base and ``ptgym eval model.adapter=...`` runs on it."""
+    policy = make_policy(seed=0)
+    path = ckpt.save_checkpoint(tmp_path, 3, policy, *training_parts(policy))
+    adapter = path / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    assert tokenizer("hi 42")["input_ids"] == policy.tokenizer("hi 42")["input_ids"]
+    assert tokenizer.chat_template == policy.tokenizer.chat_template
+    base, _ = load_model(config["base_model_name_or_path"], dtype="float32", device="cpu")
+    loaded = PeftModel.from_pretrained(base, adapter)
+    torch.testing.assert_close(logprobs(loaded, IDS), logprobs(policy.model, IDS))
+
+    from ptgym.cli import main
+
+    out = tmp_path / "eval"
+    args = ["env=digits", "tasks=2", "k=1", "sampling.max_new_tokens=4", f"out={out}"]
+    assert main(["eval", "model=tiny", f"model.adapter={adapter}", *args]) == 0
+    assert json.loads((out / "eval.json").read_text())["eval/tasks"] == 2
