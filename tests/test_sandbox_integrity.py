@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import time
 
 import pytest
@@ -353,3 +354,29 @@ def test_out_of_memory_kills_are_always_reported(sandbox_pool):
             assert (r.oom, r.timed_out) == (True, False), (bomb, r)
         assert sb.run_python("print('alive')").stdout == "alive\n"
     next_task_scores_1(sandbox_pool)
+
+
+# ---- 3. fair leases ---------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_leases_are_served_first_come_first_served(sandbox_image):
+    """16 threads looping lease + `true` over a pool of 2: before, one thread could take 142
+    leases while another got 1 (whoever woke first won); now every thread gets its turn."""
+    counts = [0] * 16
+    with SandboxPool(size=2, config=TEST_CONFIG) as pool:
+        stop = time.monotonic() + 6.0
+
+        def loop(i: int) -> None:
+            while time.monotonic() < stop:
+                with pool.lease() as sb:
+                    assert sb.exec(["true"]).exit_code == 0
+                counts[i] += 1
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(counts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert min(counts) >= 3 and min(counts) >= 0.7 * max(counts), counts
+        next_task_scores_1(pool)

@@ -49,6 +49,17 @@ from ptgym.sandbox.reaper import LABEL_POOL, reap_orphans, remove
 _POOLS: weakref.WeakSet[SandboxPool] = weakref.WeakSet()
 
 
+class _Waiter:
+    """A caller waiting in ``acquire``: ``_dispatch`` fills in a container or grants a slot."""
+
+    __slots__ = ("fresh", "sandbox", "slot")
+
+    def __init__(self, fresh: bool):
+        self.fresh = fresh
+        self.sandbox: Sandbox | None = None
+        self.slot = False
+
+
 class SandboxPool:
     """Thread-safe pool of ``size`` sandboxes; ``lease()`` blocks until one is free."""
 
@@ -72,6 +83,7 @@ class SandboxPool:
             "retired": 0,  # containers destroyed after a fresh lease (hidden-test grading)
         }
         self._idle: deque[Sandbox] = deque()
+        self._waiters: deque[_Waiter] = deque()  # first come, first served
         self._all: set[Sandbox] = set()
         self._count = 0  # containers owned: idle + leased + starting
         self._cond = threading.Condition()
@@ -95,7 +107,7 @@ class SandboxPool:
         except BaseException:
             with self._cond:
                 self._count -= 1
-                self._cond.notify_all()
+                self._dispatch()
             raise
         with self._cond:
             if self._closed:
@@ -106,7 +118,7 @@ class SandboxPool:
             self._all.add(sb)
             if idle:
                 self._idle.append(sb)
-                self._cond.notify_all()
+                self._dispatch()
         return sb
 
     def _start_in_background(self) -> None:
@@ -129,7 +141,7 @@ class SandboxPool:
             self._all.discard(sb)
             if not replace or self._closed:
                 self._count -= 1
-                self._cond.notify_all()
+                self._dispatch()
             else:
                 self.stats["retired" if sb.retire and not sb.broken else "replaced"] += 1
         self._spawn(_quiet_remove, sb)
@@ -144,44 +156,70 @@ class SandboxPool:
                 return sb
         return self._idle.popleft()
 
-    def acquire(self, timeout: float | None = None, fresh: bool = False) -> Sandbox:
-        """A healthy sandbox with an empty /work; raises SandboxError after ``timeout`` seconds.
-        ``fresh``: one that has never been leased (see the module doc)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._cond:
-                while not self._idle:
+    def _dispatch(self) -> None:
+        """Serve waiters first come, first served (caller holds the lock): each gets an idle
+        container, or a free slot to start one in, in the order it started waiting."""
+        while self._waiters and (self._idle or self._count < self.size):
+            w = self._waiters.popleft()
+            if self._idle:
+                w.sandbox = self._take_idle(w.fresh)
+            else:
+                self._count += 1
+                w.slot = True
+        self._cond.notify_all()
+
+    def _wait_turn(self, fresh: bool, deadline: float | None, retry: bool) -> Sandbox | None:
+        """Queue up and wait for a container (returned) or a slot to start one in (None)."""
+        w = _Waiter(fresh)
+        with self._cond:
+            if retry:  # a health check failed: keep the place it had in the queue
+                self._waiters.appendleft(w)
+            else:
+                self._waiters.append(w)
+            self._dispatch()
+            while w.sandbox is None and not w.slot:
+                left = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (left is not None and left <= 0):
+                    self._waiters.remove(w)
                     if self._closed:
                         raise SandboxError("the sandbox pool is closed")
-                    if self._count < self.size:  # a start failed earlier: try again here
-                        self._count += 1
-                        break
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise SandboxError(f"no sandbox became free within {timeout}s")
-                    self._cond.wait(left)
-                sb = self._take_idle(fresh) if self._idle else None
-                if sb is not None and fresh and sb.uses:  # its slot goes to a fresh one, here
-                    self._all.discard(sb)
-                    self._spawn(_quiet_remove, sb)
-                    sb = None
+                    raise SandboxError("no sandbox became free within the timeout")
+                self._cond.wait(left)
+            sb = w.sandbox
+            if sb is not None and fresh and sb.uses:  # its slot goes to a fresh one, here
+                self._all.discard(sb)
+                self._spawn(_quiet_remove, sb)
+                sb = None
+        return sb
+
+    def acquire(self, timeout: float | None = None, fresh: bool = False) -> Sandbox:
+        """A healthy sandbox with an empty /work; raises SandboxError after ``timeout`` seconds.
+        Callers are served in the order they asked. ``fresh``: one that has never been leased
+        (see the module doc)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry = False
+        while True:
+            sb = self._wait_turn(fresh, deadline, retry)
             if sb is None:
                 sb = self._start(idle=False)
-            residue = sb.residue()
-            if residue == []:
-                sb.uses += 1
-                sb.retire = fresh
-                self.stats["leases"] += 1
+            if sb.residue() == []:
+                with self._cond:
+                    sb.uses += 1
+                    sb.retire = fresh
+                    self.stats["leases"] += 1
                 return sb
-            self.stats["failed_health"] += 1
+            with self._cond:
+                self.stats["failed_health"] += 1
             self._discard(sb, replace=True)
+            retry = True
 
     def release(self, sb: Sandbox) -> None:
         """Give a sandbox back: reset and verify it for the next episode, or replace it."""
         if not sb.broken and not sb.retire and sb.uses < self.config.max_uses:
             try:
                 if sb.reset():
-                    self.stats["residue"] += 1
+                    with self._cond:
+                        self.stats["residue"] += 1
                     sb.broken = True
             except (SandboxError, SandboxUserError):
                 sb.broken = True
@@ -189,7 +227,7 @@ class SandboxPool:
                 with self._cond:
                     if not self._closed:
                         self._idle.append(sb)
-                        self._cond.notify_all()
+                        self._dispatch()
                         return
         self._discard(sb, replace=True)
 
