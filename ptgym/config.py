@@ -101,7 +101,21 @@ class RolloutConfig:
     )
     max_tokens: int = opt(1024, "sampled tokens per trajectory before truncation", minimum=1)
     episode_timeout_s: float = opt(600.0, "wall time per episode before truncation")
-    env_workers: int = opt(8, "threads stepping synchronous envs")
+    env_workers: int = opt(8, "threads stepping synchronous envs (in each actor with ray)")
+    collector: str = opt(
+        "local",
+        "where env reset/step run: local threads, or Ray actors (pip install 'ptgym[ray]')",
+        choices=("local", "ray"),
+    )
+    ray_actors: int = opt(2, "with collector=ray: env-worker actors", minimum=1)
+    ray_num_cpus: float = opt(0.25, "with collector=ray: CPUs each env actor reserves", minimum=0)
+    ray_docker: bool = opt(
+        False, "with collector=ray: env actors need the custom resource docker=1 (sandbox nodes)"
+    )
+    ray_max_restarts: int = opt(3, "with collector=ray: restarts of a dead env actor", minimum=0)
+    ray_address: str | None = opt(
+        None, "with collector=ray: the cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
     batch_size: int = opt(32, "prompts per generation call")
     seed: int = opt(0, "seeds the tasks: task i of batch b uses seed + b * tasks + i")
     backend: str = opt("hf", "generation backend", choices=("hf", "openai", "vllm"))
@@ -317,6 +331,11 @@ def _validate(obj: Any) -> None:
         raise ConfigError(
             f"algo.credit={algo.credit} does not go with algo.name={algo.name}: "
             "gae needs a critic (algo=ppo); grpo uses credit=trajectory or credit=turn"
+        )
+    rollout = getattr(obj, "rollout", None)
+    if isinstance(rollout, RolloutConfig) and rollout.collector == "ray" and not _installed("ray"):
+        raise ConfigError(
+            "rollout.collector=ray needs Ray: pip install 'ptgym[ray]' (or rollout.collector=local)"
         )
 
 

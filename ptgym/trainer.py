@@ -106,6 +106,8 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         model_name=cfg.model.name,
         split="train",
     )
+    if cfg.rollout.collector == "ray":
+        log(collector.runner.describe())  # nodes, CPUs, where the env actors landed
     update = make_update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
     store = TrajectoryStore(run)
     notes = RecordWriter(run / NOTES_FILE)
