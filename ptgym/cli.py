@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ptgym import config as C
+from ptgym import prefconfig as PC
+from ptgym.prefconfig import PairsCommand
 
 EXAMPLES = """examples:
   ptgym train env=math                          GRPO on the embedded default model, CPU
@@ -180,6 +182,47 @@ def cmd_prefs_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefs_pairs(args: argparse.Namespace) -> int:
+    from ptgym.prefs import pairs_from_run, write_preferences
+
+    cfg = C.compose(PairsCommand, args.overrides)
+    pairs = pairs_from_run(args.run, per_group=cfg.per_group or None, seed=cfg.seed)
+    if not pairs:
+        raise FileNotFoundError(
+            f"no pairs in {args.run}: it needs groups of 2+ responses (ptgym rollout group=2)"
+        )
+    out = cfg.out or str(Path(args.run) / "pairs.jsonl")
+    print(f"wrote {write_preferences(out, pairs)} unranked pairs to {out}")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    cfg = C.compose(PC.SFTCommand, args.overrides)
+    cfg.out = cfg.out or default_out("sft")
+    from ptgym.sft import train_sft
+
+    train_sft(cfg)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    cfg = C.compose(PC.RMCommand, args.overrides)
+    cfg.out = cfg.out or default_out("rm")
+    from ptgym.reward_model import train_rm
+
+    train_rm(cfg)
+    return 0
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    cfg = C.compose(PC.DPOCommand, args.overrides)
+    cfg.out = cfg.out or default_out("dpo")
+    from ptgym.dpo import train_dpo
+
+    train_dpo(cfg)
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -220,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate a model on held-out tasks: mean reward, pass@1, pass@k",
         cmd_eval,
     )
+
+    _config_command(
+        sub,
+        "sft",
+        PC.SFTCommand,
+        "supervised fine-tuning on conversations (loss on the model's tokens)",
+        cmd_sft,
+    )
+    _config_command(
+        sub, "rm", PC.RMCommand, "train a Bradley-Terry reward model on preference pairs", cmd_rm
+    )
+    _config_command(sub, "dpo", PC.DPOCommand, "DPO, IPO or SimPO on preference pairs", cmd_dpo)
 
     envs = sub.add_parser("envs", help="list or scaffold environments")
     envs_sub = envs.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -274,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--window", type=int, default=5, help="monitor: steps per reward window")
     tui.set_defaults(fn=cmd_tui)
 
-    prefs = sub.add_parser("prefs", help="preference data: export ranked pairs")
+    prefs = sub.add_parser("prefs", help="preference data: make pairs, export ranked pairs")
     prefs_sub = prefs.add_subparsers(dest="action", metavar="ACTION", required=True)
     from ptgym.judgments import ExportCommand
 
@@ -287,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("run", help="the run directory holding judgments.jsonl")
     pe.add_argument("overrides", nargs="*", metavar="key=value", help="out=FILE ties=true ...")
     pe.set_defaults(fn=cmd_prefs_export)
+    pp = prefs_sub.add_parser(
+        "pairs",
+        help="unranked pairs (two responses per prompt) from a rollout run, to judge or rank",
+        epilog="config keys:\n" + "\n".join(describe(PairsCommand)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pp.add_argument("run", help="a run directory from ptgym rollout ... group=2")
+    pp.add_argument("overrides", nargs="*", metavar="key=value", help="out=pairs.jsonl ...")
+    pp.set_defaults(fn=cmd_prefs_pairs)
     return parser
 
 

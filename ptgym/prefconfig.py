@@ -79,3 +79,10 @@ class DPOCommand:
     lora: LoraConfig = field(default_factory=LoraConfig)
     trainer: FitConfig = field(default_factory=FitConfig)
     out: str | None = opt(None, "output folder (default runs/dpo-<time>); the model in OUT/model")
+
+
+@dataclass
+class PairsCommand:
+    out: str | None = opt(None, "preference JSONL to write (default RUN/pairs.jsonl)")
+    per_group: int = opt(1, "pairs per prompt group (0 = every pair in the group)", minimum=0)
+    seed: int = opt(0, "orders the pairs (the rank screen's order for the same seed)")

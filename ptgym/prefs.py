@@ -16,7 +16,9 @@ Reading accepts every TRL preference layout, so a dataset a user already has wor
   ``prompt`` column also holds it (HuggingFaceH4/ultrafeedback_binarized does this): the shared
   leading messages become the prompt.
 
-Labels: ``"chosen"`` is a real preference; ``"tie"`` and ``"skip"`` are stored (a judge or a human
+Labels (``Preference.label``; on disk the key is ``verdict``, because TRL reads a ``label``
+column as unpaired KTO data and refuses a record that has it beside ``chosen``/``rejected``):
+``"chosen"`` is a real preference; ``"tie"`` and ``"skip"`` are stored (a judge or a human
 said so, and that is data) but left out of training by default; ``"unranked"`` marks pairs made by
 ``ptgym prefs pairs`` that nobody has judged yet (``chosen``/``rejected`` then mean "first"/"second").
 
@@ -82,7 +84,7 @@ class Preference:
     def to_dict(self) -> dict[str, Any]:
         """TRL's columns plus provenance; optional keys that are None are left out."""
         d = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-        d["label"] = self.label
+        d["verdict"] = self.label
         for key in _PROVENANCE:
             value = getattr(self, key)
             if value is not None:
@@ -110,8 +112,11 @@ class Preference:
                 prompt = _check_messages(prompt, "prompt")
         elif isinstance(chosen, str) and isinstance(rejected, str) and prompt is None:
             prompt, chosen, rejected = _split_text(chosen, rejected)
-        known = {f.name for f in fields(cls)} - {"prompt", "chosen", "rejected"}
+        known = {f.name for f in fields(cls)} - {"prompt", "chosen", "rejected", "label"}
         extra = {k: d[k] for k in known if d.get(k) is not None}
+        label = d.get("verdict", d.get("label"))
+        if isinstance(label, str):  # a bool "label" is TRL's unpaired (KTO) layout: not ours
+            extra["label"] = label
         if "margin" in extra:
             extra["margin"] = float(extra["margin"])
         return cls(prompt=prompt, chosen=chosen, rejected=rejected, **extra)
@@ -225,10 +230,51 @@ def to_dataset(prefs: Iterable[Preference]) -> Any:
     import datasets
 
     rows = [p.to_dict() for p in prefs]
-    keys = [f.name for f in fields(Preference) if any(f.name in r for r in rows)]
+    names = ["prompt", "chosen", "rejected", "verdict", *_PROVENANCE]
+    keys = [k for k in names if any(k in r for r in rows)]
     return datasets.Dataset.from_dict({k: [r.get(k) for r in rows] for k in keys})
 
 
 def replace_label(pref: Preference, label: str, **provenance: Any) -> Preference:
     """A copy with a new label (and provenance), e.g. when a judge ranks an unranked pair."""
     return Preference(**{**asdict(pref), "label": label, **provenance})
+
+
+def pairs_from_run(
+    run_dir: str | Path, *, per_group: int | None = 1, seed: int = 0
+) -> list[Preference]:
+    """Unranked pairs from a rollout run's groups (``ptgym rollout env=... group=2``).
+
+    The pairs are the rank screen's (``ptgym.judgments.make_pairs``: two responses to the same
+    prompt, errored and identical responses left out, a seeded order), at most ``per_group`` per
+    group (None = all). ``chosen``/``rejected`` only mean first/second until a judge or a human
+    labels the pair (``label="unranked"``)."""
+    from ptgym.judgments import load_candidates, make_pairs, split_prompt
+    from ptgym.store import RecordReader
+
+    readers: dict[Path, RecordReader] = {}
+    out = []
+    for pair in make_pairs(load_candidates(run_dir), seed=seed, per_group=per_group):
+        for c in (pair.a, pair.b):
+            if c.file not in readers:
+                readers[c.file] = RecordReader(c.file)
+        a, b = (readers[c.file][c.index] for c in (pair.a, pair.b))
+        (prompt, first), (prompt_b, second) = (
+            split_prompt(a["messages"]),
+            split_prompt(b["messages"]),
+        )
+        if prompt != prompt_b:
+            continue
+        out.append(
+            Preference(
+                prompt=prompt,
+                chosen=first,
+                rejected=second,
+                label="unranked",
+                run=str(run_dir),
+                chosen_id=a["id"],
+                rejected_id=b["id"],
+                task_id=a.get("task_id") or None,
+            )
+        )
+    return out

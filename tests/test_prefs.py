@@ -83,7 +83,7 @@ def test_jsonl_round_trip_and_labels(tmp_path):
         "prompt": [USER],
         "chosen": [A],
         "rejected": [B],
-        "label": "chosen",
+        "verdict": "chosen",
         "margin": 2.0,
         "annotator": "ana",
         "time": 1.5,
@@ -129,5 +129,52 @@ def test_to_dataset_round_trip_with_tool_messages():
     call = {"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]}
     prefs = [*_prefs()[:2], Preference([USER], [call, A], [B], chosen_id="c")]
     ds = to_dataset(prefs)
-    assert {"prompt", "chosen", "rejected", "label", "margin", "annotator"} <= set(ds.column_names)
+    assert {"prompt", "chosen", "rejected", "verdict", "margin", "annotator"} <= set(
+        ds.column_names
+    )
     assert read_preferences(ds, include_ties=True) == prefs
+
+
+def test_prefs_pairs_from_a_rollout_run(tmp_path):
+    from ptgym.cli import main
+
+    run = tmp_path / "run"
+    args = ["env=math", "model=tiny", "tasks=3", "group=2", "sampling.max_new_tokens=8"]
+    assert main(["rollout", *args, f"out={run}"]) == 0
+    assert main(["prefs", "pairs", str(run), f"out={tmp_path / 'pairs.jsonl'}"]) == 0
+    pairs = read_preferences(tmp_path / "pairs.jsonl", labels=["unranked"])
+    assert len(pairs) == 3 and read_preferences(tmp_path / "pairs.jsonl") == []
+    for p in pairs:
+        assert p.prompt[-1]["role"] == "user" and p.chosen[0]["role"] == "assistant"
+        assert p.run == str(run) and p.chosen_id != p.rejected_id and p.task_id
+    assert len({p.task_id for p in pairs}) == 3  # one pair per prompt
+    assert main(["prefs", "pairs", str(run), "per_grup=1"]) == 2  # "did you mean per_group"
+
+
+def test_export_passes_trls_own_format_checks():
+    data_utils = pytest.importorskip(
+        "trl.data_utils", reason="trl is a test extra: pip install -e '.[test-trl]'"
+    )
+    from tests.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    ds = to_dataset(_prefs()[:2])
+    for example in ds:
+        assert data_utils.is_conversational(example)
+        text = data_utils.maybe_apply_chat_template(example, tok)
+        rendered = tok.apply_chat_template([USER], tokenize=False, add_generation_prompt=True)
+        assert text["prompt"] == rendered
+        assert text["chosen"] == "Blue.<|im_end|>\n"
+    # TRL's own prompt extraction on an implicit-prompt record agrees with ours
+    implicit = {"chosen": [SYS, USER, A], "rejected": [SYS, USER, B]}
+    extracted = data_utils.maybe_extract_prompt(implicit)
+    ours = Preference.from_dict(implicit)
+    assert (extracted["prompt"], extracted["chosen"], extracted["rejected"]) == (
+        ours.prompt,
+        ours.chosen,
+        ours.rejected,
+    )
+    standard = {"chosen": "Sky is blue", "rejected": "Sky is red"}
+    extracted = data_utils.maybe_extract_prompt(standard)
+    ours = Preference.from_dict(standard)
+    assert (extracted["prompt"], extracted["chosen"]) == (ours.prompt, ours.chosen)
