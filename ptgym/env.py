@@ -3,11 +3,12 @@
 A ``TextEnv`` is a plain ``gymnasium.Env``: ``reset -> (obs, info)`` and
 ``step -> (obs, reward, terminated, truncated, info)``. An observation is the list of *new*
 chat messages (dicts with ``role`` and ``content``) to append to the conversation; an action is
-the assistant's turn, as text or as an ``Action`` carrying the sampled tokens.
+the assistant's turn, as text or as an ``Action`` carrying the sampled tokens (space ``Reply``).
 """
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import gymnasium
@@ -51,6 +52,36 @@ class Messages(spaces.Space[list]):
         return isinstance(other, Messages)
 
 
+class Reply(spaces.Text):
+    """The space of assistant replies: any text up to ``max_length`` characters, or an ``Action``
+    carrying such text.
+
+    Gymnasium's ``Text`` admits only its charset (alphanumeric by default), which rejects
+    ``"\\boxed{42}"`` and every other real reply; this one admits any Unicode. ``sample`` gives a
+    short reply (up to ``SAMPLE_LENGTH`` printable ASCII characters, symbols included), since
+    random actions (``check_env``) need no megabyte of noise.
+    """
+
+    SAMPLE_LENGTH = 64
+
+    def __init__(self, max_length: int = MAX_TEXT, seed: int | None = None):
+        super().__init__(max_length, min_length=0, charset=string.printable, seed=seed)
+
+    def contains(self, x: Any) -> bool:
+        text = x.text if isinstance(x, Action) else x
+        return isinstance(text, str) and len(text) <= self.max_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        n = int(self.np_random.integers(0, min(self.SAMPLE_LENGTH, self.max_length) + 1))
+        return "".join(self.np_random.choice(list(string.printable), size=n))
+
+    def __repr__(self) -> str:
+        return f"Reply(max_length={self.max_length})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reply) and other.max_length == self.max_length
+
+
 def action_text(action: str | Action) -> str:
     """The text of an action given as a str or an ``Action``."""
     if isinstance(action, Action):
@@ -74,7 +105,7 @@ class TextEnv(gymnasium.Env[list, Any]):
 
     def __init__(self, render_mode: str | None = None):
         self.observation_space = Messages()
-        self.action_space = spaces.Text(max_length=MAX_TEXT, min_length=0)
+        self.action_space = Reply()
         self.render_mode = render_mode
         self.messages: list[dict[str, Any]] = []
 
