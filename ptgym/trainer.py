@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from ptgym import checkpoint as ckpt
 from ptgym.build import make_backend, make_collector, task_seeds
-from ptgym.config import ConfigError, TrainCommand, make_out_dir, to_yaml
+from ptgym.config import ConfigError, TrainCommand, _get, load_yaml, make_out_dir, to_yaml
 from ptgym.metrics import MetricsLogger, batch_metrics, step_metrics
 from ptgym.notes import NOTES_FILE, trainer_notes
 from ptgym.policy import build_policy
 from ptgym.runstatus import Heartbeat
-from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes
+from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes, drop_after
 from ptgym.update import Update, make_update, turn_advantages
 
 
@@ -61,17 +61,53 @@ def gpu_metrics() -> dict[str, float]:
     }
 
 
+# What makes two runs different runs: a resume may change trainer.steps or logging, not these.
+SAME_RUN_KEYS = (
+    "env.name",
+    "env.kwargs",
+    "model.name",
+    "model.adapter",
+    "algo.name",
+    "lora.enabled",
+    "lora.r",
+    "lora.alpha",
+    "lora.target_modules",
+)
+
+
 def _prepare_run_dir(cfg: TrainCommand) -> Path:
     run = Path(cfg.out)
+    if (run / "config.yaml").exists():
+        _refuse_another_run(run, cfg)
     existing = ckpt.list_checkpoints(run)
     if existing and not cfg.resume:
         raise ConfigError(
-            f"{run} already holds a run with checkpoints (last: {existing[-1].name}); pass "
+            f"out={run} already holds a run with checkpoints (last: {existing[-1].name}); pass "
             "resume=true to continue it, or choose another out=DIR"
+        )
+    if cfg.resume and not existing:
+        raise ConfigError(
+            f"resume=true, but out={run} holds no checkpoint to resume from; drop resume=true "
+            "to start the run there"
         )
     make_out_dir(cfg.out)
     atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
     return run
+
+
+def _refuse_another_run(run: Path, cfg: TrainCommand) -> None:
+    try:
+        there = load_yaml(TrainCommand, run / "config.yaml")
+    except Exception as exc:  # any config it cannot read is not this run
+        raise ConfigError(
+            f"out={run} holds a config.yaml this run cannot read ({exc}); choose another out=DIR"
+        ) from None
+    for key in SAME_RUN_KEYS:
+        if _get(there, key) != _get(cfg, key):
+            raise ConfigError(
+                f"out={run} holds a different run ({key}={_get(there, key)} there, "
+                f"{_get(cfg, key)} here); choose another out=DIR"
+            )
 
 
 def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
@@ -93,9 +129,14 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         n = ckpt.load_adapter(policy, cfg.model.adapter)
         log(f"continuing model.adapter={cfg.model.adapter} ({n} tensors, lora.r={cfg.lora.r})")
     start = 0
-    if cfg.resume and (found := ckpt.list_checkpoints(run)):
+    if cfg.resume:
+        found = ckpt.list_checkpoints(run)
         start = ckpt.load_checkpoint(found[-1], policy, optimizer, scheduler)
         log(f"resumed from {found[-1]} (step {start})")
+    # What steps after the checkpoint (or a first attempt without one) wrote is written again.
+    if dropped := drop_after(run, start):
+        what = ", ".join(f"{n} from {name}" for name, n in dropped.items())
+        log(f"dropped the records of steps after {start}: {what}")
     backend = make_backend(cfg.rollout, policy.model, policy.tokenizer, cfg.model.name)
     collector = make_collector(
         backend,

@@ -165,7 +165,7 @@ def test_resume_gives_the_same_steps_as_an_uninterrupted_run(tmp_path):
     train(config(tmp_path / "split", "trainer.steps=2", *args), log=lambda _: None)
     lines: list[str] = []
     train(config(tmp_path / "split", "trainer.steps=4", "resume=true", *args), log=lines.append)
-    assert lines[1] == f"resumed from {tmp_path / 'split/checkpoints/step-000002'} (step 2)"
+    assert f"resumed from {tmp_path / 'split/checkpoints/step-000002'} (step 2)" in lines
 
     whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
     assert [r["step"] for r in whole] == [r["step"] for r in split] == [1, 2, 3, 4]
