@@ -23,11 +23,18 @@ class RunsScanned(Message):
 class MetricsAppended(Message):
     """Steps logged since the last poll (``restarted``: the stream was cut; start over)."""
 
-    def __init__(self, records: list[dict[str, Any]], restarted: bool, status: RunStatus) -> None:
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        restarted: bool,
+        status: RunStatus,
+        error: str | None = None,
+    ) -> None:
         super().__init__()
         self.records = records
         self.restarted = restarted
         self.status = status
+        self.error = error  # the stream could not be read (damaged in the middle)
 
 
 class SystemSampled(Message):

@@ -102,6 +102,7 @@ class MonitorScreen(Screen):
         self._sampler = sampler or (lambda: SystemSampler.detect(self._trainer_pid()))
         self.poll_interval = poll_interval
         self.sample_interval = sample_interval
+        self._polling = False  # a poll worker is running
         self._planned: int | None = None  # trainer.steps from config.yaml, read by the worker
 
     def _trainer_pid(self) -> int | None:
@@ -124,8 +125,14 @@ class MonitorScreen(Screen):
         self.query_one("#step-table", DataTable).add_columns("metric", "value")
         self.query_one("#alerts", Static).display = False
         self._draw_status()
-        self._poll()
-        self.set_interval(self.poll_interval, self._poll)
+        self._tick()
+        self.set_interval(self.poll_interval, self._tick)
+
+    def _tick(self) -> None:
+        """Start a poll unless one is still running (the follower has one reader at a time)."""
+        if not self._polling:
+            self._polling = True
+            self._poll()
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -133,31 +140,39 @@ class MonitorScreen(Screen):
     def action_timebase(self) -> None:
         self.query_one(SystemPanel).action_timebase()
 
-    @work(thread=True, exclusive=True, group="metrics")
+    @work(thread=True, group="metrics")
     def _poll(self) -> None:
         if self._planned is None:
             trainer = read_config(self.run_dir).get("trainer")
             self._planned = trainer.get("steps", 0) if isinstance(trainer, dict) else 0
-        new = self._follower.poll()
-        restarted = self._follower.restarted
         status = run_status(self.run_dir)
         if not status.steps and self._planned:
             status = replace(status, steps=self._planned)
-        self.post_message(MetricsAppended(new, restarted, status))
+        try:
+            new = self._follower.poll()
+        except (OSError, ValueError) as exc:  # CorruptStreamError: shown, and polled again
+            self.post_message(MetricsAppended([], False, status, error=str(exc)))
+            return
+        self.post_message(MetricsAppended(new, self._follower.restarted, status))
 
     def on_metrics_appended(self, message: MetricsAppended) -> None:
+        self._polling = False
         changed = bool(message.records) or message.restarted
         if message.restarted:
             self.records = []
         self.records.extend(message.records)
         self.status = message.status
         self._draw_status()
+        if message.error:
+            self._show_alerts([message.error])
         if not changed:
             return
         for chart in self.query(MetricChart):
             chart.plot(self.records)
         self._draw_table()
-        warnings = alerts(self.records, self.thresholds)
+        self._show_alerts(alerts(self.records, self.thresholds))
+
+    def _show_alerts(self, warnings: list[str]) -> None:
         line = self.query_one("#alerts", Static)
         line.display = bool(warnings)
         line.update(Text("⚠ " + " · ".join(warnings), style="bold"))

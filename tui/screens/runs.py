@@ -43,6 +43,7 @@ class RunsScreen(Screen):
         self.scan_interval = scan_interval
         self.runs: list[RunInfo] = []
         self._watchers: dict[Path, RunWatcher] = {}  # touched only by the scan worker
+        self._scanning = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-title")
@@ -60,19 +61,25 @@ class RunsScreen(Screen):
         self.set_interval(self.scan_interval, self.action_rescan)
 
     def action_rescan(self) -> None:
-        self._scan()
+        if not self._scanning:  # the watchers have one reader at a time
+            self._scanning = True
+            self._scan()
 
-    @work(thread=True, exclusive=True, group="runs")
+    @work(thread=True, group="runs")
     def _scan(self) -> None:
         runs = find_runs(self.folder)
         infos = []
         for run in runs:
             if run not in self._watchers:
                 self._watchers[run] = RunWatcher(run, self.folder)
-            infos.append(replace(self._watchers[run].info()))  # a copy: the screen owns it
+            try:
+                infos.append(replace(self._watchers[run].info()))  # a copy: the screen owns it
+            except (OSError, ValueError) as exc:  # a damaged stream: say so on its row
+                infos.append(RunInfo(path=run, name=run.name, status=f"unreadable: {exc}"[:40]))
         self.post_message(RunsScanned(infos))
 
     def on_runs_scanned(self, message: RunsScanned) -> None:
+        self._scanning = False
         self.runs = message.runs
         table = self.query_one("#runs", DataTable)
         empty = self.query_one("#runs-empty", Static)

@@ -7,6 +7,8 @@ from typing import Any
 
 from textual_plotext import PlotextPlot
 
+MAX_POINTS = 400  # per series: a wide terminal's chart is ~2 x 200 braille columns
+
 
 class MetricChart(PlotextPlot):
     """One chart: ``keys`` are metric names drawn against ``step``; absent keys are skipped."""
@@ -37,6 +39,9 @@ class MetricChart(PlotextPlot):
                 for r in records
                 if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
             ]
+            if len(pts) > MAX_POINTS:  # more points than the braille canvas has columns
+                stride = -(-len(pts) // MAX_POINTS)
+                pts = pts[-1 - (len(pts) - 1) // stride * stride :: stride]
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 plt.plot(xs, ys, label=key.split("/", 1)[-1], marker="braille")
