@@ -165,32 +165,22 @@ def test_rank_screen_snapshot(run: Path, snap_compare) -> None:
 
 # --- the crash test: a real terminal, SIGKILL, reopen ------------------------------------------
 
-HOST = """
-import sys
-from rich.console import Console
-from textual.app import App
-from ptgym.tui.screens.rank import RankScreen
-
-class Host(App):
-    def on_mount(self):
-        self.push_screen(RankScreen(sys.argv[1], sys.argv[2]))
-
-Host().run()
-"""
-
 
 class Tmux:
+    """A terminal of a known size on a tmux server of its own (other tests' servers and their
+    options cannot resize it)."""
+
     def __init__(self, name: str, command: str):
         self.name = name
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        self.tmux = ["tmux", "-L", name, "-f", "/dev/null"]
         subprocess.run(
-            ["tmux", "new-session", "-d", "-s", name, "-x", "110", "-y", "32", command],
+            [*self.tmux, "new-session", "-d", "-s", name, "-x", "110", "-y", "32", command],
             check=True,
         )
 
     def screen(self) -> str:
         out = subprocess.run(
-            ["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True
+            [*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True
         )
         return out.stdout
 
@@ -204,11 +194,11 @@ class Tmux:
         raise AssertionError(f"{text!r} never appeared; the screen:\n{self.screen()}")
 
     def send(self, key: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, key], check=True)
 
     def pid(self) -> int:
         out = subprocess.run(
-            ["tmux", "display-message", "-p", "-t", self.name, "#{pane_pid}"],
+            [*self.tmux, "display-message", "-p", "-t", self.name, "#{pane_pid}"],
             capture_output=True,
             text=True,
             check=True,
@@ -216,7 +206,7 @@ class Tmux:
         return int(out.stdout)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 def _sides(screen: str) -> tuple[str, str]:
@@ -234,12 +224,14 @@ def _sides(screen: str) -> tuple[str, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_kill_9_mid_session_loses_no_judgment_and_the_session_continues(
-    run: Path, tmp_path: Path
+    run: Path,
 ) -> None:
-    host = tmp_path / "host.py"
-    host.write_text(HOST)
     root = Path(__file__).resolve().parents[1]
-    command = f"cd {root} && exec {sys.executable} {host} {run} ann"
+    # COLUMNS/LINES inherited from pytest would override the pane's real size
+    command = (
+        f"cd {root} && exec env -u COLUMNS -u LINES {sys.executable} -m ptgym.cli "
+        f"tui rank {run} --annotator ann"
+    )
     name = f"ptgym-rank-{os.getpid()}"
     term = Tmux(name, command)
     try:

@@ -83,6 +83,7 @@ class RankScreen(Screen[None]):
         Binding("u", "undo", "Undo"),
         Binding("g", "toggle_guidelines", "Guidelines"),
         Binding("question_mark", "help", "Help"),
+        Binding("escape", "back", "Back", show=False),
     ]
     DEFAULT_CSS = """
     RankScreen #progress { height: 1; padding: 0 1; background: $primary-background; }
@@ -238,3 +239,7 @@ class RankScreen(Screen[None]):
 
     def action_help(self) -> None:
         self.app.push_screen(RankHelp())
+
+    def action_back(self) -> None:
+        if hasattr(self.app, "action_back"):  # the ptgym app: back to the runs list
+            self.app.action_back()

@@ -152,10 +152,9 @@ class Conversation(VerticalScroll):
                 inner = MessageBlock(Text(body.rstrip()), body)
                 yield Collapsible(inner, title=message_title(m), collapsed=True)
                 continue
-            block = MessageBlock(Markdown(body or "_(empty)_", code_theme="ansi_dark"), body)
-            block.border_title = role
-            block.styles.border_title_color = ROLE_STYLE.get(role, "bold").split()[-1]
-            yield block
+            label = Text(role, style=ROLE_STYLE.get(role, "bold"))
+            markdown = Markdown(body or "_(empty)_", code_theme="ansi_dark")
+            yield MessageBlock(Group(label, markdown), body)
             for call in m.get("tool_calls") or []:
                 body = json.dumps(call.get("function", call), indent=2)
                 inner = MessageBlock(tool_call_body(call), body)
