@@ -32,8 +32,12 @@ Imports neither torch nor textual.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,18 +133,61 @@ def record_summary_row(r: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _rows_of(record: dict[str, Any]) -> list[list[Any]]:
-    cols = record.get("cols", COLUMNS)
-    if tuple(cols) == COLUMNS:
-        return record["rows"]
-    where = {c: i for i, c in enumerate(cols)}  # an older or newer writer: map by name
-    return [[row[where[c]] if c in where else None for c in COLUMNS] for row in record["rows"]]
+# Numeric columns travel as packed little-endian arrays, text columns as lists: reading 100,000
+# rows then makes a handful of numpy arrays and 7 lists per chunk, not 100,000 row objects.
+NUMERIC = {
+    "step": "<i8",
+    "reward": "<f8",
+    "turns": "<i4",
+    "length": "<i8",
+    "terminated": "?",
+    "truncated": "?",
+}
+TEXT = tuple(c for c in COLUMNS if c not in NUMERIC)
+
+
+def pack_rows(rows: list[list[Any]]) -> dict[str, Any]:
+    """A summary record: ``rows`` (in ``COLUMNS`` order) stored column by column."""
+    cols = dict(zip(COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
+    out: dict[str, Any] = {"n": len(rows)}
+    for name in COLUMNS:
+        values = cols.get(name, ())
+        if name in NUMERIC:
+            out[name] = np.asarray(values, dtype=NUMERIC[name]).tobytes()
+        else:
+            out[name] = list(values)
+    return out
+
+
+def _chunk(record: dict[str, Any]) -> dict[str, Any]:
+    """The columns of one summary record (numeric ones as numpy arrays)."""
+    if "rows" in record:  # the first, row-wise layout of this index
+        where = {c: i for i, c in enumerate(record.get("cols", COLUMNS))}
+        rows = [[r[where[c]] if c in where else None for c in COLUMNS] for r in record["rows"]]
+        record = pack_rows(rows)
+    n = record["n"]
+    out: dict[str, Any] = {}
+    for name in COLUMNS:
+        if name in NUMERIC:
+            data = record.get(name)
+            arr = np.frombuffer(data, NUMERIC[name]) if data is not None else None
+            out[name] = arr if arr is not None and len(arr) == n else np.zeros(n, NUMERIC[name])
+        else:
+            values = record.get(name)
+            out[name] = values if values is not None and len(values) == n else [None] * n
+    return out
+
+
+def _chunk_rows(chunk: dict[str, Any]) -> list[list[Any]]:
+    cols = [chunk[c].tolist() if c in NUMERIC else chunk[c] for c in COLUMNS]
+    return [list(r) for r in zip(*cols, strict=True)]
 
 
 def read_summary_rows(path: Path) -> list[list[Any]]:
+    """Every row of a summary stream, in ``COLUMNS`` order (for checks and repairs)."""
     rows: list[list[Any]] = []
     for record in RecordFollower(path).poll().records:
-        rows.extend(_rows_of(record))
+        rows.extend(_chunk_rows(_chunk(record)))
     return rows
 
 
@@ -171,11 +218,11 @@ class SummaryWriter:
             p.unlink(missing_ok=True)
         with RecordWriter(self.path) as w:
             for i in range(0, len(rows), self.CHUNK):
-                w.append({"cols": list(COLUMNS), "rows": rows[i : i + self.CHUNK]})
+                w.append(pack_rows(rows[i : i + self.CHUNK]))
 
     def extend(self, trajectories: list[Trajectory]) -> None:
         if trajectories:
-            self._w.append({"cols": list(COLUMNS), "rows": [summary_row(t) for t in trajectories]})
+            self._w.append(pack_rows([summary_row(t) for t in trajectories]))
 
     def close(self) -> None:
         self._w.close()
@@ -207,19 +254,20 @@ class Summaries:
     """Columns over every trajectory of a run (row i = the i-th trajectory in file order)."""
 
     id: list[str] = field(default_factory=list)
-    step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0, "<i8"))
     env: list[str] = field(default_factory=list)
     task: list[str] = field(default_factory=list)
     group: list[str] = field(default_factory=list)
-    reward: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    turns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    reward: np.ndarray = field(default_factory=lambda: np.zeros(0, "<f8"))
+    turns: np.ndarray = field(default_factory=lambda: np.zeros(0, "<i4"))
+    length: np.ndarray = field(default_factory=lambda: np.zeros(0, "<i8"))
     error: list[str | None] = field(default_factory=list)
     terminated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     prompt: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # 1, 0, -1 unknown
+    _search: list[str] | None = field(default=None, repr=False)
 
     NUMERIC = ("step", "reward", "turns", "length", "terminated", "truncated", "kept")
 
@@ -280,39 +328,37 @@ class Summaries:
         if kept is not None:
             mask &= self.kept == int(kept)
         if env is not None:
-            mask &= np.fromiter((e == env for e in self.env), bool, len(self))
+            mask &= np.array([e == env for e in self.env], bool)
         if error is not None:
             mask &= np.fromiter(((e is not None) == error for e in self.error), bool, len(self))
         if text:
             needle = text.lower()
-            fields_ = (self.id, self.task, self.group, self.prompt, self.answer, self.error)
-            hit = (
-                any(needle in (v or "").lower() for v in values)
-                for values in zip(*fields_, strict=True)
-            )
-            mask &= np.fromiter(hit, bool, len(self))
+            hay = self._haystack()
+            mask &= np.fromiter((needle in h for h in hay), bool, len(hay))
         return np.flatnonzero(mask)
 
-    def extended(self, rows: list[list[Any]], kept: np.ndarray) -> Summaries:
-        """A new snapshot with ``rows`` appended (``kept`` covers the whole new snapshot)."""
-        if not rows:
-            return Summaries(**{**self._columns(), "kept": kept})
-        cols = list(zip(*rows, strict=True))
-        c = dict(zip(COLUMNS, cols, strict=True))
+    def extended(self, chunks: list[dict[str, Any]], kept: np.ndarray) -> Summaries:
+        """A new snapshot with the rows of ``chunks`` (see ``_chunk``) appended; ``kept`` covers
+        the whole new snapshot."""
         out = self._columns()
-        for name in ("id", "env", "task", "group", "error", "prompt", "answer"):
-            out[name] = out[name] + list(c[name])
-        for name, dtype in (
-            ("step", np.int64),
-            ("reward", np.float64),
-            ("turns", np.int64),
-            ("length", np.int64),
-            ("terminated", bool),
-            ("truncated", bool),
-        ):
-            out[name] = np.concatenate([out[name], np.asarray(c[name], dtype=dtype)])
+        if chunks:
+            for name in COLUMNS:
+                parts = [c[name] for c in chunks]
+                if name in NUMERIC:
+                    out[name] = np.concatenate([out[name], *parts]).astype(out[name].dtype)
+                else:
+                    out[name] = out[name] + list(itertools.chain.from_iterable(parts))
         out["kept"] = kept
         return Summaries(**out)
+
+    def _haystack(self) -> list[str]:
+        """Lower-cased searchable text per row, built on the first text search of a snapshot."""
+        if self._search is None:
+            fields_ = (self.id, self.task, self.group, self.prompt, self.answer, self.error)
+            self._search = [
+                "\t".join(v or "" for v in values).lower() for values in zip(*fields_, strict=True)
+            ]
+        return self._search
 
     def _columns(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (*COLUMNS, "kept")}
@@ -340,15 +386,17 @@ class _Stream:
         self.offsets = np.zeros(0, np.uint64)
         self.rows = 0  # rows read so far
 
-    def poll(self) -> tuple[list[list[Any]], bool]:
+    def poll(self) -> tuple[list[dict[str, Any]], bool]:
+        """New chunks of columns (see ``_chunk``), and whether the stream restarted."""
         if self.decode and self.follower.count == 0 and self.summary.exists():
             # Opened between a new stream's creation and its summary's: follow the summary.
             self.decode = False
             self.follower = RecordFollower(self.summary)
         got = self.follower.poll()
         if self.decode:
-            return [record_summary_row(r) for r in got.records], got.restarted
-        return [row for rec in got.records for row in _rows_of(rec)], got.restarted
+            rows = [record_summary_row(r) for r in got.records]
+            return ([_chunk(pack_rows(rows))] if rows else []), got.restarted
+        return [_chunk(r) for r in got.records], got.restarted
 
     def record(self, k: int) -> dict[str, Any]:
         if k >= len(self.offsets):
@@ -369,6 +417,19 @@ class _Stream:
         return reader[k]
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building 100,000 rows makes many small objects at once; the cyclic collector would walk
+    them all repeatedly (none of them forms a cycle), tripling the time to open a run."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class RunIndex:
     """Every trajectory of a run directory, summarised; see the module docstring for usage."""
 
@@ -382,9 +443,11 @@ class RunIndex:
 
     def _reset(self) -> None:
         self._streams: dict[Path, _Stream] = {}
-        self._where: list[tuple[_Stream, int]] = []  # row -> (stream, record number)
+        self._stream_list: list[_Stream] = []
+        # row -> (stream number, record number in that stream)
+        self._stream_of = np.zeros(0, np.int32)
+        self._record_of = np.zeros(0, np.int64)
         self._by_id: dict[str, int] | None = None
-        self._rows: list[list[Any]] = []
         self._summaries = Summaries()
         self._cache.clear()
 
@@ -393,23 +456,33 @@ class RunIndex:
         if not hasattr(self, "_streams"):
             self._reset()
         new_notes = self._poll_notes()
-        new: list[list[Any]] = []
+        chunks: list[dict[str, Any]] = []
         paths = sorted((self.run_dir / "trajectories").glob("*.msgpack"))
-        for path in paths:
-            stream = self._streams.setdefault(path, _Stream(path))
-            rows, restarted = stream.poll()
-            if restarted:  # a stream was cut (resume) or rewritten: read the whole run again
-                self._reset()
-                return self.refresh()
-            self._where.extend((stream, stream.rows + k) for k in range(len(rows)))
-            stream.rows += len(rows)
-            new.extend(rows)
-        if new or new_notes:
-            self._rows.extend(new)
-            if new:
-                self._by_id = None
-            self._summaries = self._summaries.extended(new, self._kept_column())
-        return len(new)
+        with _gc_paused():
+            for path in paths:
+                if path not in self._streams:
+                    self._streams[path] = _Stream(path)
+                    self._stream_list.append(self._streams[path])
+                stream = self._streams[path]
+                got, restarted = stream.poll()
+                if restarted:  # a stream was cut (resume) or rewritten: read the run again
+                    self._reset()
+                    return self.refresh()
+                n = sum(len(c["id"]) for c in got)
+                number = self._stream_list.index(stream)
+                self._stream_of = np.concatenate([self._stream_of, np.full(n, number, np.int32)])
+                self._record_of = np.concatenate(
+                    [self._record_of, np.arange(stream.rows, stream.rows + n, dtype=np.int64)]
+                )
+                stream.rows += n
+                chunks.extend(got)
+            if chunks or new_notes:
+                if chunks:
+                    self._by_id = None
+                grown = self._summaries.extended(chunks, np.zeros(0, np.int8))
+                grown.kept = self._kept_column(grown.id)
+                self._summaries = grown
+        return sum(len(c["id"]) for c in chunks)
 
     def _poll_notes(self) -> bool:
         got = self._notes.poll()
@@ -424,15 +497,14 @@ class RunIndex:
             )
         return bool(got.records) or got.restarted
 
-    def _kept_column(self) -> np.ndarray:
+    def _kept_column(self, ids: list[str]) -> np.ndarray:
         notes = self._annotations
-        ids = [row[0] for row in self._rows]
-        return np.fromiter(
-            (int(notes[i].kept) if i in notes else -1 for i in ids), np.int8, len(ids)
-        )
+        if not notes:
+            return np.full(len(ids), -1, np.int8)
+        return np.array([int(notes[i].kept) if i in notes else -1 for i in ids], np.int8)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._summaries)
 
     def summaries(self) -> Summaries:
         return self._summaries
@@ -443,7 +515,7 @@ class RunIndex:
 
     def row_of(self, trajectory_id: str) -> int:
         if self._by_id is None:
-            self._by_id = {row[0]: i for i, row in enumerate(self._rows)}
+            self._by_id = {tid: i for i, tid in enumerate(self._summaries.id)}
         try:
             return self._by_id[trajectory_id]
         except KeyError:
@@ -452,13 +524,13 @@ class RunIndex:
     def trajectory(self, key: int | str) -> Trajectory:
         """Trajectory by row number or id, decoded from its stream (the last few are cached)."""
         i = self.row_of(key) if isinstance(key, str) else int(key)
-        if not 0 <= i < len(self._where):
-            raise IndexError(f"row {i} out of range: {self.run_dir} has {len(self._where)} rows")
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range: {self.run_dir} has {len(self)} rows")
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
-        stream, k = self._where[i]
-        traj = Trajectory.from_record(stream.record(k))
+        stream = self._stream_list[int(self._stream_of[i])]
+        traj = Trajectory.from_record(stream.record(int(self._record_of[i])))
         self._cache[i] = traj
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
