@@ -71,9 +71,13 @@ def default_out(command: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = C.compose(C.TrainCommand, args.overrides)
     cfg.out = cfg.out or default_out("train")
-    from ptgym.trainer import train
+    from ptgym.trainer import EpisodesFailed, train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except EpisodesFailed as exc:
+        print(f"ptgym train: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

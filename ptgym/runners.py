@@ -51,7 +51,7 @@ def call_env(env: gymnasium.Env, method: str, *args: Any, **kwargs: Any) -> EnvR
             None,
             time.perf_counter() - t0,
             f"{type(exc).__name__}: {exc}",
-            traceback.format_exc(limit=5),
+            traceback.format_exc(limit=-5),  # the innermost frames: where it was raised
         )
     return EnvResult(tuple(value), time.perf_counter() - t0)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from ptgym.notes import NOTES_FILE, trainer_notes
 from ptgym.policy import build_policy
 from ptgym.runstatus import Heartbeat
 from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes, drop_after
+from ptgym.types import Trajectory
 from ptgym.update import Update, make_update, turn_advantages
 
 
@@ -170,11 +173,18 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     outcome = "failed"
     try:
         for step in bar:
-            last = _one_step(step, cfg, policy, collector, update, store, notes)
+            last, trajs = _one_step(step, cfg, policy, collector, update, store, notes)
             last["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
             metrics.log(step + 1, last)
             bar.write(_console_line(step + 1, cfg.trainer.steps, last))
+            if report := error_report(step + 1, trajs):
+                bar.write(report, file=sys.stderr)
+            if trajs and all(t.error is not None for t in trajs):
+                raise EpisodesFailed(
+                    f"{report}; every episode failed: fix the env (errors and "
+                    f"tracebacks are stored with the trajectories in {run})"
+                )
             if (step + 1) % cfg.trainer.save_every == 0 or step + 1 == cfg.trainer.steps:
                 ckpt.save_checkpoint(
                     run, step + 1, policy, optimizer, scheduler, keep=cfg.trainer.keep_checkpoints
@@ -199,7 +209,7 @@ def _one_step(
     update: Update,
     store: TrajectoryStore,
     notes: RecordWriter | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[Trajectory]]:
     t0 = time.perf_counter()
     trajs = collector.collect(
         task_seeds(cfg.rollout, step),
@@ -224,7 +234,28 @@ def _one_step(
             notes.append(note)
     m.update(step_metrics(collector.stats, t_train, time.perf_counter() - t0))
     m.update(gpu_metrics())
-    return m
+    return m, trajs
+
+
+FRAME_LINE = re.compile(r'File "(.+)", line (\d+), in (.+)')
+
+
+class EpisodesFailed(RuntimeError):
+    """Every episode of a step failed: the env is broken, and training on would learn nothing."""
+
+
+def error_report(step: int, trajs: list[Trajectory]) -> str | None:
+    """One console line for a step whose episodes failed: how many, and the first error as the
+    last line of its traceback with where it was raised (the rest is stored with it)."""
+    failed = [t for t in trajs if t.error is not None]
+    if not failed:
+        return None
+    first = failed[0]
+    lines = [ln.strip() for ln in (first.info.get("traceback") or "").splitlines() if ln.strip()]
+    last = lines[-1] if lines and lines[-1] != "NoneType: None" else first.error
+    frames = [m for ln in lines if (m := FRAME_LINE.fullmatch(ln))]
+    where = f" ({Path(frames[-1][1]).name}:{frames[-1][2]} in {frames[-1][3]})" if frames else ""
+    return f"step {step}: {len(failed)}/{len(trajs)} episodes failed; first: {last}{where}"
 
 
 def _console_line(step: int, steps: int, m: dict[str, float]) -> str:

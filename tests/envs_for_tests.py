@@ -7,6 +7,7 @@ their arguments and the reset seed, so a test knows exactly what every episode m
 - ``SlowEnv``: an ``EchoEnv`` whose ``step`` sleeps, per seed (wall-time budget; generation for
   other episodes goes on meanwhile) and logs when each step ran.
 - ``FailingEnv``: raises in ``step`` or reports ``info["error"]`` for chosen seeds.
+- ``ResetFailingEnv``: raises in ``reset`` for chosen seeds (or all): a broken env under ``train``.
 - ``ThreeTurnEnv``: ends after three replies, and declares so (``max_turns = 3``).
 - ``ToolEnv``: parses tool calls with ``parse_tool_calls``; a malformed call gets the parser's
   errors back as a ``tool`` message and the episode goes on.
@@ -234,3 +235,17 @@ DROP_THINK = (
     "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+class ResetFailingEnv(EchoEnv):
+    """``reset`` raises ``RuntimeError`` for the seeds in ``fail_on`` (every seed when None): an
+    env whose task server is down. The other seeds play ``EchoEnv``'s never-ending episode."""
+
+    def __init__(self, fail_on: Sequence[int] | None = None):
+        super().__init__()
+        self.fail_on = None if fail_on is None else set(fail_on)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if self.fail_on is None or seed in self.fail_on:
+            raise RuntimeError(f"task server unreachable for task {seed}")
+        return super().reset(seed=seed, options=options)
