@@ -306,11 +306,12 @@ def test_eta_is_steps_left_times_the_median_step_time():
     assert fmt_duration(3 * 3600 + 120) == "3h 02m"
 
 
-def test_history_window_takes_the_max_per_bucket_and_leaves_gaps_blank():
+def test_history_window_takes_the_max_per_bucket_and_leaves_long_gaps_blank():
     h = History()
     values = {1.0: 10.0, 2.0: 30.0, 2.5: 20.0, 9.5: 90.0}
     for t in values:
         h.add(SystemSample(time=t, gpus=(), host=None))
     buckets = h.window(lambda s: values[s.time], seconds=10.0, width=5, now=10.0)
-    assert buckets == [10.0, 30.0, None, None, 90.0]
-    assert sparkline(buckets, lo=0, hi=90) == "▂▃  █"
+    # bucket 2 starts 1.5 s after the last sample: repeated; bucket 3 starts 3.5 s after: blank
+    assert buckets == [10.0, 30.0, 30.0, None, 90.0]
+    assert sparkline(buckets, lo=0, hi=90) == "▂▃▃ █"

@@ -202,13 +202,20 @@ class History:
         return self.samples[-1] if self.samples else None
 
     def window(
-        self, value: Any, seconds: float, width: int, now: float | None = None
+        self,
+        value: Any,
+        seconds: float,
+        width: int,
+        now: float | None = None,
+        max_gap: float = 3.0,
     ) -> list[float | None]:
         """``width`` buckets covering the last ``seconds``: the max of ``value(sample)`` in each
-        bucket, None where no sample fell (before the monitor started, or a gap)."""
+        bucket. A bucket narrower than the sampling interval repeats the sample before it; None
+        where nothing was sampled for ``max_gap`` seconds (before the monitor started, a gap)."""
         now = self.latest.time if now is None and self.latest else (now or time.time())
         start = now - seconds
         buckets: list[float | None] = [None] * width
+        seen: list[float | None] = [None] * width  # time of the last sample in each bucket
         for s in self.samples:
             if s.time <= start:
                 continue
@@ -216,6 +223,13 @@ class History:
             v = value(s)
             if v is not None:
                 buckets[b] = v if buckets[b] is None else max(buckets[b], v)
+                seen[b] = s.time
+        last_value, last_time = None, None
+        for b in range(width):
+            if buckets[b] is not None:
+                last_value, last_time = buckets[b], seen[b]
+            elif last_time is not None and start + b * seconds / width - last_time <= max_gap:
+                buckets[b] = last_value
         return buckets
 
 
