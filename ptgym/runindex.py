@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ptgym.notes import NOTES_FILE
 from ptgym.store import (
     FRAME,
     CorruptStreamError,
@@ -54,7 +55,7 @@ from ptgym.store import (
 )
 from ptgym.types import Trajectory
 
-TRAINER_FILE = "trainer.msgpack"  # what the trainer knew per trajectory (INTERFACES.md)
+TRAINER_FILE = NOTES_FILE  # what the trainer knew per trajectory (ptgym.notes owns it)
 SUMMARY_SUFFIX = ".summary"
 COLUMNS = (
     "id",
