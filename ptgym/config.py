@@ -173,8 +173,10 @@ class TrainerConfig:
     save_every: int = opt(10, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = opt(2, "older checkpoints are deleted")
     seed: int = opt(0, "seeds torch: adapter and value-head init (sampling follows rollout.seed)")
-    eval_every: int = opt(0, "held-out eval every N steps (0 = off)")
-    eval_tasks: int = opt(32, "tasks in each held-out eval")
+    eval_every: int = opt(
+        0, "held-out greedy pass@1 (split=test) every N steps (0 = off)", minimum=0
+    )
+    eval_tasks: int = opt(32, "tasks in each held-out eval (the same tasks each time)", minimum=1)
 
 
 @dataclass

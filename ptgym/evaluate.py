@@ -6,6 +6,7 @@ of which c are correct, ``pass@k = 1 - C(n - c, k) / C(n, k)``, averaged over ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -16,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ptgym.build import make_backend, make_collector, task_seeds
-from ptgym.config import EvalCommand, RolloutCommand, make_out_dir, to_yaml
+from ptgym.config import EvalCommand, RolloutCommand, TrainCommand, make_out_dir, to_yaml
 from ptgym.metrics import batch_metrics, passed
 from ptgym.store import TrajectoryStore, atomic_write_bytes
 from ptgym.types import Trajectory
@@ -47,6 +48,50 @@ def score(trajs: list[Trajectory], k: int) -> dict[str, float]:
         out[f"eval/pass@{ks}"] = float(np.mean([pass_at_k(n, c, ks) for n, c in counts]))
         out["eval/tasks"] = float(len(by_task))
     return out
+
+
+class HeldOutEval:
+    """Greedy pass@1 on ``split=test`` while training (``trainer.eval_every``).
+
+    The tasks are those ``ptgym eval tasks=N k=1 sampling.temperature=0`` draws (the same
+    ``rollout.seed``, the same test offset), one greedy episode each, with the trainer's own
+    backend (the policy's current weights) and envs of their own, so every eval scores the same
+    tasks and the curve moves with the policy alone. Keys: ``eval/pass@1``, ``eval/mean_reward``,
+    ``eval/error_frac``, ``eval/response_tokens``, ``eval/tasks``, ``eval/seconds``.
+    """
+
+    def __init__(self, backend: Any, tokenizer: Any, cfg: TrainCommand):
+        rollout = dataclasses.replace(cfg.rollout, tasks=cfg.trainer.eval_tasks, group=1)
+        self.collector = make_collector(
+            backend,
+            tokenizer,
+            cfg.env,
+            dataclasses.replace(cfg.sampling, temperature=0.0),
+            rollout,
+            model_name=cfg.model.name,
+            split="test",
+        )
+        self.seeds = [s + TEST_SEED_OFFSET for s in task_seeds(rollout, 0)]
+
+    def __call__(self, version: int) -> dict[str, float]:
+        """Scores of the policy after ``version`` updates."""
+        t0 = time.perf_counter()
+        if (sync := getattr(self.collector.backend, "sync", None)) is not None:
+            sync(version)  # a sampler with its own copy of the weights rebuilds it first
+        trajs = self.collector.collect(self.seeds, 1, group_prefix="eval/")
+        s = score(trajs, 1)
+        nan = float("nan")
+        return {
+            "eval/pass@1": s.get("eval/pass@1", nan),
+            "eval/mean_reward": s.get("reward/mean", nan),
+            "eval/error_frac": s["rollout/error_frac"],
+            "eval/response_tokens": s.get("rollout/response_tokens", nan),
+            "eval/tasks": float(len(trajs)),
+            "eval/seconds": time.perf_counter() - t0,
+        }
+
+    def close(self) -> None:
+        self.collector.close()
 
 
 def _load(cfg: RolloutCommand) -> tuple[Any, Any]:

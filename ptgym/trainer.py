@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ptgym import checkpoint as ckpt
 from ptgym.build import make_backend, make_collector, task_seeds
 from ptgym.config import ConfigError, TrainCommand, _get, load_yaml, make_out_dir, to_yaml
+from ptgym.evaluate import HeldOutEval
 from ptgym.metrics import MetricsLogger, batch_metrics, step_metrics
 from ptgym.notes import NOTES_FILE, trainer_notes
 from ptgym.policy import build_policy
@@ -152,6 +153,9 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     )
     if cfg.rollout.collector == "ray":
         log(collector.runner.describe())  # nodes, CPUs, where the env actors landed
+    held_out = None
+    if cfg.trainer.eval_every > 0:  # greedy pass@1 on held-out tasks, same backend and weights
+        held_out = HeldOutEval(backend, policy.tokenizer, cfg)
     update = make_update(policy, optimizer, cfg.algo, cfg.trainer, cfg.sampling, cfg.rollout)
     store = TrajectoryStore(run)
     notes = RecordWriter(run / NOTES_FILE)
@@ -176,6 +180,8 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
             last, trajs = _one_step(step, cfg, policy, collector, update, store, notes)
             last["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
+            if held_out is not None and (step + 1) % cfg.trainer.eval_every == 0:
+                last.update(held_out(step + 1))
             metrics.log(step + 1, last)
             bar.write(_console_line(step + 1, cfg.trainer.steps, last))
             if report := error_report(step + 1, trajs):
@@ -198,6 +204,8 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         notes.close()
         metrics.close()
         collector.close()
+        if held_out is not None:
+            held_out.close()
     return last
 
 
@@ -268,4 +276,4 @@ def _console_line(step: int, steps: int, m: dict[str, float]) -> str:
         f"  ent {f('loss/entropy', '.2f')}  len {f('rollout/response_tokens', '.0f')}"
         f"  {f('perf/step_s', '.1f')}s (gen {f('perf/generation_frac', '.0%')},"
         f" env {f('perf/env_frac', '.0%')}, train {f('perf/train_frac', '.0%')})"
-    )
+    ) + (f"  eval pass@1 {f('eval/pass@1', '.2f')}" if "eval/pass@1" in m else "")
