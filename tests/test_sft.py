@@ -94,3 +94,17 @@ def test_loss_decreases_on_the_tiny_model(tmp_path):
     losses = [r["loss/loss"] for r in read_metrics(tmp_path / "out")]
     assert losses[-1] < 0.5 * losses[0], losses
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_reads_a_run_directory_with_the_reward_filter(tmp_path):
+    from ptgym.store import TrajectoryStore
+    from ptgym.types import Trajectory
+
+    store = TrajectoryStore(tmp_path / "run")
+    for reward, error in [(1.0, None), (0.0, None), (1.0, "env crashed")]:
+        store.append(Trajectory(env_id="t", messages=CONV[1:3], reward=reward, error=error))
+    store.close()
+    assert read_conversations(str(tmp_path / "run"), min_reward=1.0) == [(CONV[1:3], 0)]
+    assert len(read_conversations(str(tmp_path / "run"))) == 2
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):
+        read_conversations(str(tmp_path / "nope"))
