@@ -110,6 +110,7 @@ class RankScreen(Screen[None]):
         self.session: RankSession | None = None
         self.shown: str | None = None  # key of the pair on screen
         self.drawn_at = 0.0  # perf_counter when the pair on screen was last painted (bench)
+        self.drawn_cpu = 0.0  # process_time then
         self.draws = 0
 
     def compose(self) -> ComposeResult:
@@ -192,15 +193,18 @@ class RankScreen(Screen[None]):
         key, prompt, left, right = await asyncio.to_thread(self._view)
         self.shown = key
         self.query_one("#prompt-text", Static).update(prompt)
-        self.query_one("#left-text", Static).update(left)
-        self.query_one("#right-text", Static).update(right)
-        for side in ("#prompt", "#left", "#right"):
+        self.query_one("#prompt", VerticalScroll).scroll_home(animate=False)
+        for side, content in (("#left", left), ("#right", right)):
+            # A Static renders only the lines on screen (a RichLog renders every line of the
+            # response up front: twice the CPU per keypress in bench/bench_rank.py).
+            self.query_one(f"{side}-text", Static).update(content)
             self.query_one(side, VerticalScroll).scroll_home(animate=False)
         self.query_one("#progress", Static).update(self._progress())
         self.call_after_refresh(self._painted)
 
     def _painted(self) -> None:
         self.drawn_at = time.perf_counter()
+        self.drawn_cpu = time.process_time()
         self.draws += 1
 
     def _progress(self) -> str:
