@@ -78,10 +78,10 @@ class MonitorScreen(Screen):
 
     BINDINGS = [
         Binding("c", "tab('charts')", "Charts"),
-        Binding("l", "tab('step')", "Latest step"),
-        Binding("g", "tab('system')", "GPU/CPU"),
+        Binding("l", "tab('step')", "Step"),
+        Binding("g", "tab('system')", "GPU"),
         Binding("t", "timebase", "Timebase", show=False),
-        Binding("escape", "app.back", "Back"),
+        Binding("escape", "app.back", "Back", show=False),
     ]
 
     def __init__(
