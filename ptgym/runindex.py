@@ -27,6 +27,9 @@ Why a separate index: sorting or filtering 100,000 trajectories must not decode 
 per trajectory, row k describing record k). It is derived data: the writer checks it against the
 stream when it opens one and cuts or completes it (after a crash or a resume's ``drop_after``); a
 run written before the index existed is summarised by decoding its stream once, in memory.
+Readers trust the summary as it stands: after a crash between a batch of trajectories and its
+summary record that batch is listed once a writer reopens the stream, and after a resume cut the
+stream, rows past the cut raise ``IndexError`` from ``trajectory`` until then.
 Imports neither torch nor textual.
 """
 
@@ -415,6 +418,11 @@ class _Stream:
         # No index yet, or one that disagrees with the stream: the reader scans.
         reader = RecordReader(self.path)
         self.offsets = np.asarray(reader.offsets, dtype=np.uint64)
+        if k >= len(reader):
+            raise IndexError(
+                f"{self.path} holds {len(reader)} records, not {k + 1}: the stream was cut under "
+                "its summary (a resume's drop_after); the next writer repairs the summary"
+            )
         return reader[k]
 
 

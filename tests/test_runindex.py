@@ -203,6 +203,8 @@ def test_a_stream_cut_by_a_resume_cuts_the_summary_and_restarts_readers(tmp_path
     offsets = RecordReader(stream).offsets
     os.truncate(stream, offsets[4])
     (stream.with_suffix(".msgpack.idx")).unlink()
+    with pytest.raises(IndexError, match="holds 4 records, not 6: the stream was cut"):
+        index.trajectory(5)  # before any writer repaired the summary
     store = TrajectoryStore(tmp_path)
     store.extend([traj(i, step=2) for i in (20, 21)])
     store.close()
