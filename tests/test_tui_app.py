@@ -75,6 +75,22 @@ def test_runs_screen_follows_a_training_run_and_finds_new_runs(runs):
     asyncio.run(go())
 
 
+def test_a_run_with_a_damaged_stream_is_listed_as_unreadable(runs):
+    path = runs / "done" / "metrics.msgpack"
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0xFF  # inside the first record, with complete records after it
+    path.write_bytes(bytes(data))
+
+    async def go():
+        app = PtgymApp(runs)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: len(rows(app)) == 4)
+            assert rows(app)["done"][6].startswith("unreadable:")
+            assert rows(app)["live"][6] == "live"  # the others are unaffected
+
+    asyncio.run(go())
+
+
 def test_a_run_opens_on_its_views_and_escape_goes_back(runs):
     async def go():
         app = PtgymApp(runs)
