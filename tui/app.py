@@ -27,6 +27,14 @@ from ptgym.tui.system import SystemSampler
 VIEWS = ("rollouts", "monitor", "rank")
 
 
+def login_name() -> str:
+    """The annotator's default name; a container without a passwd entry has none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "annotator"
+
+
 class PtgymApp(App):
     """Runs, rollouts, rank and monitor over run directories."""
 
@@ -55,7 +63,7 @@ class PtgymApp(App):
         super().__init__()
         self.path = Path(path)
         self.start_view = view
-        self.annotator = annotator or getpass.getuser()
+        self.annotator = annotator or login_name()
         self.thresholds = thresholds
         self.sampler = sampler
         self.poll_interval = poll_interval
