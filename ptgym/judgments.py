@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ptgym.config import opt
-from ptgym.store import RecordReader
+from ptgym.runindex import RunIndex
 
 JUDGMENTS_FILE = "judgments.jsonl"
 CHOICES = ("left", "right", "tie", "skip")
@@ -48,15 +48,14 @@ LOG_VERSION = 1
 
 @dataclass(frozen=True)
 class Candidate:
-    """A trajectory that can be ranked, and where its record lives (stream file, record index)."""
+    """A trajectory that can be ranked: its summary (``ptgym.runindex``), nothing decoded."""
 
     id: str
     group: str
     task_id: str
     step: int  # 1-based training step (policy_version + 1)
-    file: Path
-    index: int
-    response_hash: str  # of the messages after the prompt: equal responses are not paired
+    row: int  # its row in the run's RunIndex
+    signature: str  # completion length + answer preview: different signatures, different answers
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,10 @@ class Pair:
     a: Candidate  # the first id of the key
     b: Candidate
     group: str
+
+    @property
+    def maybe_identical(self) -> bool:
+        return self.a.signature == self.b.signature
 
 
 def pair_key(id1: str, id2: str) -> str:
@@ -83,30 +86,25 @@ def _hash(*parts: str) -> int:
     return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest())
 
 
-def load_candidates(run_dir: str | Path) -> list[Candidate]:
-    """Every trajectory of the run without an error and with a response, in store order."""
-    out = []
-    for path in sorted((Path(run_dir) / "trajectories").glob("*.msgpack")):
-        reader = RecordReader(path)
-        for index, r in enumerate(reader):
-            _, response = split_prompt(r.get("messages") or [])
-            if r.get("error") or not response:
-                continue
-            digest = hashlib.blake2b(
-                json.dumps(response, sort_keys=True).encode(), digest_size=8
-            ).hexdigest()
-            out.append(
-                Candidate(
-                    id=r["id"],
-                    group=r.get("group_id", ""),
-                    task_id=r.get("task_id", ""),
-                    step=int(r.get("policy_version", 0)) + 1,
-                    file=path,
-                    index=index,
-                    response_hash=digest,
-                )
-            )
-    return out
+def load_candidates(index: RunIndex) -> list[Candidate]:
+    """Every trajectory of the run that finished without an error and has a turn, in file order.
+
+    Read from the summary index: no trajectory is decoded (a 100,000-trajectory run opens in
+    about the time ``RunIndex`` takes).
+    """
+    rows = index.summaries()
+    return [
+        Candidate(
+            id=rows.id[i],
+            group=rows.group[i],
+            task_id=rows.task[i],
+            step=int(rows.step[i]),
+            row=i,
+            signature=f"{rows.length[i]}|{rows.answer[i]}",
+        )
+        for i in range(len(rows))
+        if not rows.error[i] and rows.turns[i] > 0
+    ]
 
 
 def make_pairs(
@@ -114,8 +112,9 @@ def make_pairs(
 ) -> list[Pair]:
     """Pairs within each group, in a seeded order that does not depend on when groups arrived.
 
-    Pairs whose two responses are identical are left out (there is nothing to choose).
     ``per_group`` keeps at most that many pairs of each group (the first in the seeded order).
+    Pairs whose two responses turn out identical are passed over when they come up
+    (``RankSession.next_view``): there is nothing to choose.
     """
     groups: dict[str, list[Candidate]] = {}
     for c in candidates:
@@ -124,8 +123,6 @@ def make_pairs(
     for group, members in groups.items():
         found = []
         for x, y in itertools.combinations(members, 2):
-            if x.response_hash == y.response_hash:
-                continue
             a, b = (x, y) if x.id < y.id else (y, x)
             found.append(Pair(pair_key(a.id, b.id), a, b, group))
         found.sort(key=lambda p: _hash(str(seed), p.key))
@@ -301,6 +298,18 @@ def revert_event(annotator: str, target: str) -> dict[str, Any]:
 # --- a ranking session -------------------------------------------------------------------------
 
 
+@dataclass
+class View:
+    """What the rank screen draws for one pair."""
+
+    pair: Pair
+    left: Candidate
+    right: Candidate
+    prompt: list[dict[str, Any]]
+    left_response: list[dict[str, Any]]
+    right_response: list[dict[str, Any]]
+
+
 class RankSession:
     """One annotator working through a run's pairs: what to show next, judge, undo.
 
@@ -315,7 +324,6 @@ class RankSession:
         *,
         seed: int = 0,
         per_group: int | None = None,
-        candidates: list[Candidate] | None = None,
     ):
         if not annotator:
             raise ValueError("an annotator name is needed (--annotator NAME)")
@@ -327,9 +335,8 @@ class RankSession:
             )
         self.annotator = annotator
         self.seed = seed
-        if candidates is None:
-            candidates = load_candidates(self.run_dir)
-        self.pairs = make_pairs(candidates, seed=seed, per_group=per_group)
+        self.index = RunIndex(self.run_dir, cache_size=16)
+        self.pairs = make_pairs(load_candidates(self.index), seed=seed, per_group=per_group)
         self._keys = {p.key for p in self.pairs}
         state = read_log(self.run_dir)
         self.bad_lines = state.bad_lines
@@ -338,9 +345,9 @@ class RankSession:
         )
         self._mine: list[Judgment] = state.by(annotator)  # active, in order: the undo stack
         self._handled = {j.pair for j in self._mine}
-        self._cursor = 0  # every pair before it is handled
+        self._identical: set[str] = set()  # pairs found to hold the same response twice
+        self._cursor = 0  # every pair before it is handled (or identical)
         self._log = JudgmentLog(self.run_dir)
-        self._readers: dict[Path, RecordReader] = {}
 
     @property
     def done(self) -> int:
@@ -348,16 +355,34 @@ class RankSession:
 
     @property
     def left(self) -> int:
-        return len(self._keys) - len(self._handled & self._keys)
+        """Pairs this annotator has not handled (identical pairs not yet reached included)."""
+        return len(self._keys) - len((self._handled | self._identical) & self._keys)
 
     def current(self) -> tuple[Pair, Candidate, Candidate] | None:
         """The pair to show now with its sides, or None when every pair is handled."""
-        while self._cursor < len(self.pairs) and self.pairs[self._cursor].key in self._handled:
+        pairs, passed = self.pairs, (self._handled, self._identical)
+        while self._cursor < len(pairs) and any(pairs[self._cursor].key in s for s in passed):
             self._cursor += 1
-        if self._cursor == len(self.pairs):
+        if self._cursor == len(pairs):
             return None
-        pair = self.pairs[self._cursor]
+        pair = pairs[self._cursor]
         return (pair, *sides(pair, self.annotator, self.seed))
+
+    def next_view(self) -> View | None:
+        """The current pair with both responses decoded; a pair whose two responses are the
+        same is passed over (not recorded: it is checked again, cheaply, next session)."""
+        while (shown := self.current()) is not None:
+            pair, left, right = shown
+            prompt, left_response = split_prompt(self.messages(left))
+            _, right_response = split_prompt(self.messages(right))
+            if pair.maybe_identical and left_response == right_response:
+                self._identical.add(pair.key)
+                continue
+            return View(pair, left, right, prompt, left_response, right_response)
+        return None
+
+    def messages(self, c: Candidate) -> list[dict[str, Any]]:
+        return self.index.trajectory(c.row).messages
 
     def judge(self, choice: str) -> Judgment:
         """Record a choice for the current pair; on disk (fsynced) when this returns."""
@@ -380,13 +405,6 @@ class RankSession:
         self._handled.discard(j.pair)
         self._cursor = 0  # the undone pair sits before the cursor
         return j
-
-    def trajectory_record(self, c: Candidate) -> dict[str, Any]:
-        """The raw record of a candidate (random access through the stream's index)."""
-        reader = self._readers.get(c.file)
-        if reader is None or c.index >= len(reader):
-            reader = self._readers[c.file] = RecordReader(c.file)
-        return reader[c.index]
 
     def close(self) -> None:
         self._log.close()
@@ -445,17 +463,18 @@ def left_wins(judgments: list[Judgment]) -> tuple[int, int]:
 # --- export ------------------------------------------------------------------------------------
 
 
-def _records_by_id(run_dir: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
-    found = {}
-    for path in sorted((run_dir / "trajectories").glob("*.msgpack")):
-        for r in RecordReader(path):
-            if r["id"] in ids:
-                found[r["id"]] = r
-    missing = ids - found.keys()
+def _messages_by_id(run_dir: Path, ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    index = RunIndex(run_dir, cache_size=1)
+    found, missing = {}, []
+    for i in sorted(ids):
+        try:
+            found[i] = index.trajectory(i).messages
+        except KeyError:
+            missing.append(i)
     if missing:
         raise ValueError(
             f"{len(missing)} judged trajectories are not in {run_dir}/trajectories "
-            f"(e.g. {sorted(missing)[0]}): was the run resumed past them? Export the judgments "
+            f"(e.g. {missing[0]}): was the run resumed past them? Export the judgments "
             "of another run directory, or re-rank"
         )
     return found
@@ -478,11 +497,11 @@ def preferences(
         and (include_ties or j.choice != "tie")
         and (annotators is None or j.annotator in annotators)
     ]
-    records = _records_by_id(run_dir, {i for j in judgments for i in (j.left, j.right)})
+    messages = _messages_by_id(run_dir, {i for j in judgments for i in (j.left, j.right)})
     for j in judgments:
         chosen, rejected = (j.winner, j.loser) if j.choice != "tie" else (j.left, j.right)
-        prompt, chosen_msgs = split_prompt(records[chosen]["messages"])
-        _, rejected_msgs = split_prompt(records[rejected]["messages"])
+        prompt, chosen_msgs = split_prompt(messages[chosen])
+        _, rejected_msgs = split_prompt(messages[rejected])
         yield Preference(
             prompt=prompt,
             chosen=chosen_msgs,

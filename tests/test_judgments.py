@@ -26,7 +26,9 @@ from ptgym.judgments import (
     summary,
 )
 from ptgym.prefs import read_preferences
-from tests.run_factory import events, make_run
+from ptgym.runindex import RunIndex
+from ptgym.store import TrajectoryStore
+from tests.run_factory import events, make_run, trajectory
 
 
 @pytest.fixture
@@ -91,7 +93,7 @@ def test_agreement_compares_the_pair_not_the_side_each_annotator_saw() -> None:
 
 
 def test_pairs_stay_within_a_group_and_leave_out_errors(run: Path) -> None:
-    candidates = load_candidates(run)
+    candidates = load_candidates(RunIndex(run))
     assert len(candidates) == 11  # 12 trajectories, one ended in a sandbox error
     pairs = make_pairs(candidates)
     # groups of 3 give 3 pairs each, the group with the error 1: 3 + 3 + 3 + 1
@@ -102,16 +104,28 @@ def test_pairs_stay_within_a_group_and_leave_out_errors(run: Path) -> None:
     assert len(make_pairs(candidates, per_group=1)) == 4
 
 
-def test_identical_responses_are_not_paired(run: Path) -> None:
-    candidates = load_candidates(run)
-    twin = candidates[0].__class__(**{**vars(candidates[0]), "id": "zz-twin"})
-    pairs = make_pairs([*candidates, twin])
-    assert not any(p.key == f"{candidates[0].id}|zz-twin" for p in pairs)
-    assert len(pairs) == 10 + 2  # the twin pairs with the group's two other members only
+def test_identical_responses_are_passed_over_when_they_come_up(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_run(run, steps=1, groups=1, members=3)
+    twin = trajectory(1, 0, 1)  # the same answer as member 1 of the same group
+    twin.id = "s1g0m1-twin"
+    store = TrajectoryStore(run)
+    store.append(twin)
+    store.close()
+    session = RankSession(run, "ann")
+    assert len(session.pairs) == 6 and session.left == 6  # 4 members: 6 pairs
+    shown = []
+    while (view := session.next_view()) is not None:
+        shown.append(view.pair.key)
+        assert view.left_response != view.right_response
+        session.judge("left")
+    assert "s1g0m1|s1g0m1-twin" not in shown and len(shown) == 5
+    assert session.left == 0 and session.done == 5
+    assert len(events(run)) == 5  # nothing recorded for the identical pair
 
 
 def test_order_is_seeded_and_sides_are_random_but_stable(run: Path) -> None:
-    candidates = load_candidates(run)
+    candidates = load_candidates(RunIndex(run))
     keys = [p.key for p in make_pairs(candidates, seed=0)]
     assert keys == [p.key for p in make_pairs(list(reversed(candidates)), seed=0)]
     assert keys != [p.key for p in make_pairs(candidates, seed=1)]

@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
-from ptgym.judgments import RankSession, split_prompt
+from ptgym.judgments import RankSession
 from ptgym.tui.widgets.conversation import response_renderable
 
 GUIDELINES = """\
@@ -166,26 +166,21 @@ class RankScreen(Screen[None]):
     # --- drawing ----------------------------------------------------------------------------
 
     def _view(self) -> tuple[str | None, Any, Any, Any]:
-        """What to draw for the current pair (reads two records: runs in a thread)."""
+        """What to draw for the current pair (decodes two trajectories: runs in a thread)."""
         assert self.session is not None
-        shown = self.session.current()
-        if shown is None:
+        view = self.session.next_view()
+        if view is None:
             total = len(self.session.pairs)
             done = Markdown(
                 f"**All {total} pairs are handled.** `u` undoes the last one.\n\n"
                 f"Export them: `ptgym prefs export {self.run_dir} out=prefs.jsonl`"
             )
             return None, Markdown(""), done, Markdown("")
-        pair, left, right = shown
-        left_msgs = self.session.trajectory_record(left)["messages"]
-        right_msgs = self.session.trajectory_record(right)["messages"]
-        prompt, left_resp = split_prompt(left_msgs)
-        _, right_resp = split_prompt(right_msgs)
         return (
-            pair.key,
-            response_renderable(prompt),
-            response_renderable(left_resp),
-            response_renderable(right_resp),
+            view.pair.key,
+            response_renderable(view.prompt),
+            response_renderable(view.left_response),
+            response_renderable(view.right_response),
         )
 
     async def _show(self) -> None:
