@@ -151,6 +151,11 @@ def test_every_chart_has_its_metric(run):
             ]
             for chart in charts:
                 assert "no data yet" not in str(chart.render()), chart.title
+            assert "pass@1" not in str(charts[0].render())
+            log = MetricsLogger(run)  # a step with a held-out evaluation
+            log.log(4, {**step_metrics(4), "eval/pass@1": 0.25})
+            log.close()
+            await until(pilot, lambda: "pass@1" in str(charts[0].render()))
 
     asyncio.run(go())
 

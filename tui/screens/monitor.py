@@ -33,7 +33,7 @@ from ptgym.tui.widgets.chart import MetricChart
 from ptgym.tui.widgets.system_panel import SystemPanel
 
 CHARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("reward", ("reward/mean", "reward/pass_rate")),
+    ("reward", ("reward/mean", "reward/pass_rate", "eval/pass@1")),  # eval: held-out steps
     ("loss", ("loss/total",)),
     ("KL", ("loss/approx_kl", "loss/kl")),
     ("entropy", ("loss/entropy",)),
