@@ -250,20 +250,14 @@ def pairs_from_run(
     group (None = all). ``chosen``/``rejected`` only mean first/second until a judge or a human
     labels the pair (``label="unranked"``)."""
     from ptgym.judgments import load_candidates, make_pairs, split_prompt
-    from ptgym.store import RecordReader
+    from ptgym.runindex import RunIndex
 
-    readers: dict[Path, RecordReader] = {}
+    index = RunIndex(run_dir, cache_size=16)
     out = []
-    for pair in make_pairs(load_candidates(run_dir), seed=seed, per_group=per_group):
-        for c in (pair.a, pair.b):
-            if c.file not in readers:
-                readers[c.file] = RecordReader(c.file)
-        a, b = (readers[c.file][c.index] for c in (pair.a, pair.b))
-        (prompt, first), (prompt_b, second) = (
-            split_prompt(a["messages"]),
-            split_prompt(b["messages"]),
-        )
-        if prompt != prompt_b:
+    for pair in make_pairs(load_candidates(index), seed=seed, per_group=per_group):
+        a, b = (index.trajectory(c.row) for c in (pair.a, pair.b))
+        (prompt, first), (prompt_b, second) = split_prompt(a.messages), split_prompt(b.messages)
+        if prompt != prompt_b or first == second:
             continue
         out.append(
             Preference(
@@ -272,9 +266,9 @@ def pairs_from_run(
                 rejected=second,
                 label="unranked",
                 run=str(run_dir),
-                chosen_id=a["id"],
-                rejected_id=b["id"],
-                task_id=a.get("task_id") or None,
+                chosen_id=a.id,
+                rejected_id=b.id,
+                task_id=a.task_id or None,
             )
         )
     return out
