@@ -19,8 +19,14 @@ travel as token ids); ``vllm`` runs an in-process vLLM engine. Decoding is greed
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from ptgym.config import opt
+from ptgym.prefs import Preference
 
 from .rewards import Messages, ScoreError
 
@@ -183,3 +189,87 @@ class Judge:
             winner = None if v1 is None or v2 is None else pairwise_label(v1, v2)
             out.append((winner, xy, yx))
         return out
+
+
+# --- ptgym prefs judge ------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeCommand:
+    judge: str = opt("", "the judge: MODEL (local hf), MODEL@http://HOST:PORT/v1 or MODEL@vllm")
+    out: str | None = opt(None, "output JSONL (default: PAIRS.judged.jsonl beside the input)")
+    all: bool = opt(False, "judge every record, not only the unranked ones")
+    batch: int = opt(8, "pairs per generate call (each pair is asked in both orders)", minimum=1)
+    max_new_tokens: int = opt(256, "tokens for the judge's reasoning and verdict", minimum=1)
+    temperature: float = opt(0.0, "judge sampling temperature (0 = greedy)")
+    device: str = opt("auto", "where a local judge runs", choices=("auto", "cpu", "cuda"))
+
+
+def _conversation(prompt: Messages | str) -> Messages:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def _reply(response: Messages | str) -> str:
+    return response if isinstance(response, str) else str(response[-1].get("content") or "")
+
+
+def judge_pairs(pairs_path: str, cfg: JudgeCommand, *, log: Any = print) -> dict[str, int]:
+    """Label the pairs of ``pairs_path`` with a judge, both orders per pair, into ``cfg.out``.
+
+    Records are appended (fsynced) after each batch, so a crash keeps every judged pair. A pair
+    whose verdict is missing in either order is left out and counted, never guessed. Returns
+    counts: ``chosen`` (a winner), ``tie``, ``no_verdict``.
+    """
+    from ptgym.prefs import LABELS, read_preferences, replace_label, write_preferences
+
+    if not cfg.judge:
+        raise ValueError("ptgym prefs judge needs judge=MODEL (or MODEL@http://HOST:PORT/v1)")
+    labels = LABELS if cfg.all else ("unranked",)
+    pairs = read_preferences(pairs_path, labels=labels)
+    if not pairs:
+        raise ValueError(
+            f"no {'records' if cfg.all else 'unranked pairs'} in {pairs_path}"
+            + ("" if cfg.all else "; all=true judges records that already have a label")
+        )
+    out = Path(cfg.out or Path(pairs_path).with_suffix(".judged.jsonl"))
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose another out= or remove it")
+    model, _, where = cfg.judge.partition("@")
+    judge = Judge(
+        model,
+        backend=where or "hf",
+        device=cfg.device,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+    )
+    counts = {"chosen": 0, "tie": 0, "no_verdict": 0}
+    for start in range(0, len(pairs), cfg.batch):
+        chunk = pairs[start : start + cfg.batch]
+        asked = [(_conversation(p.prompt), _reply(p.chosen), _reply(p.rejected)) for p in chunk]
+        judged = []
+        for pref, (winner, _, _) in zip(chunk, judge.compare(asked), strict=True):
+            if winner is None:
+                counts["no_verdict"] += 1
+                continue
+            meta = {"annotator": judge.annotator, "time": time.time(), "shown_first": None}
+            if winner == "y":  # the second reply won: swap the sides and their ids
+                pref = Preference(
+                    **{
+                        **asdict(pref),
+                        "chosen": pref.rejected,
+                        "rejected": pref.chosen,
+                        "chosen_id": pref.rejected_id,
+                        "rejected_id": pref.chosen_id,
+                    }
+                )
+            label = "tie" if winner == "tie" else "chosen"
+            counts[label] += 1
+            judged.append(replace_label(pref, label, **meta))
+        write_preferences(out, judged, append=True)
+        log(f"judged {min(start + cfg.batch, len(pairs))}/{len(pairs)} pairs")
+    out.touch()
+    log(
+        f"wrote {counts['chosen']} preferences and {counts['tie']} ties to {out} "
+        f"({counts['no_verdict']} pairs without a verdict left out)"
+    )
+    return counts

@@ -200,6 +200,25 @@ def cmd_prefs_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefs_judge(args: argparse.Namespace) -> int:
+    from ptgym.envs.judge import JudgeCommand, judge_pairs
+
+    try:
+        judge_pairs(args.pairs, C.compose(JudgeCommand, args.overrides))
+    except (ValueError, FileExistsError) as exc:
+        print(f"ptgym prefs judge: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_doctor_rm(args: argparse.Namespace) -> int:
+    from ptgym.doctor import DoctorRMCommand, diagnose_rm
+
+    # model= names the policy here: a plain string, not the model config group of train/rm
+    overrides = [f"policy={o[6:]}" if o.startswith("model=") else o for o in args.overrides]
+    return 1 if diagnose_rm(args.path, C.compose(DoctorRMCommand, overrides)) else 0
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     cfg = C.compose(PC.SFTCommand, args.overrides)
     cfg.out = cfg.out or default_out("sft")
@@ -355,6 +374,31 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("run", help="a run directory from ptgym rollout ... group=2")
     pp.add_argument("overrides", nargs="*", metavar="key=value", help="out=pairs.jsonl ...")
     pp.set_defaults(fn=cmd_prefs_pairs)
+    from ptgym.envs.judge import JudgeCommand
+
+    pj = prefs_sub.add_parser(
+        "judge",
+        help="label pairs with an LLM judge (both orders; a flip is a tie)",
+        epilog="config keys:\n" + "\n".join(describe(JudgeCommand)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pj.add_argument("pairs", help="a pairs JSONL (ptgym prefs pairs RUN)")
+    pj.add_argument("overrides", nargs="*", metavar="key=value", help="judge=MODEL out=FILE ...")
+    pj.set_defaults(fn=cmd_prefs_judge)
+
+    from ptgym.doctor import DoctorRMCommand
+
+    doctor = sub.add_parser("doctor", help="check a component for known silent failures")
+    doctor_sub = doctor.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dr = doctor_sub.add_parser(
+        "rm",
+        help="a reward model: padding, chat template, policy mismatch, score distribution",
+        epilog="config keys:\n" + "\n".join(describe(DoctorRMCommand)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dr.add_argument("path", help="the RM folder (ptgym rm's OUT or OUT/model)")
+    dr.add_argument("overrides", nargs="*", metavar="key=value", help="model=POLICY n=32 ...")
+    dr.set_defaults(fn=cmd_doctor_rm)
     return parser
 
 

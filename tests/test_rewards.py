@@ -227,3 +227,32 @@ def test_spec_parsing():
         split_spec("reward-model:/tmp/x")
     with pytest.raises(ValueError, match="rm:PATH"):
         split_spec("mean(rm:a, bogus)")
+
+
+# --- ptgym doctor rm --------------------------------------------------------------------------
+
+
+def doctor(capsys, *args: str) -> tuple[int, str]:
+    from ptgym.cli import main
+
+    code = main(["doctor", "rm", *args, "n=4", "batch=4", "device=cpu", "max_new_tokens=4"])
+    return code, capsys.readouterr().out
+
+
+def test_doctor_passes_padding_and_flags_a_policy_with_another_template(tmp_path, capsys):
+    folder = make_rm(
+        tmp_path / "rm", template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    )
+    code, out = doctor(capsys, folder, "model=tiny")
+    assert code == 0
+    assert out.count("\nok    padding:") == 1
+    assert "ok    tokenizer: the policy's vocabulary equals the RM's" in out
+    assert "warn  chat template: the policy's differs from the RM's" in out
+    assert "scores on 4 prompts (replies sampled from tiny)" in out
+
+
+def test_doctor_warns_where_transformers_pooling_reads_the_wrong_token(tmp_path, capsys):
+    code, out = doctor(capsys, make_rm(tmp_path / "rm", template=EOS_LAST_TEMPLATE))
+    assert code == 0  # ptgym's own scores are padding-invariant
+    assert "warn  transformers' own pooling differs" in out and "pad == eos" in out
+    assert "(empty replies)" in out
