@@ -17,7 +17,8 @@ Usage (the TUI's rollouts and rank screens build on this)::
     notes = index.annotations()          # {id: Annotation(step, kept, drop_reason, advantages)}
     new = index.refresh()                # rows appended since (a live run); summaries() is new
 
-``Summaries`` is a snapshot: ``refresh`` never changes one already handed out. ``kept`` is joined
+``Summaries`` is a snapshot: ``refresh`` never changes one already handed out. One thread at a
+time may ``refresh``; ``trajectory`` is safe from any thread meanwhile. ``kept`` is joined
 from ``RUN/trainer.msgpack`` (what the trainer knew; 1 kept, 0 dropped, -1 unknown, e.g. a run
 from ``ptgym rollout`` has no such file).
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -446,6 +448,7 @@ class RunIndex:
         self.run_dir = Path(run_dir)
         self.cache_size = cache_size
         self._cache: OrderedDict[int, Trajectory] = OrderedDict()
+        self._lock = threading.Lock()  # guards the cache and the streams' file reads
         self._notes = RecordFollower(self.run_dir / TRAINER_FILE)
         self._annotations: dict[str, Annotation] = {}
         self.refresh()
@@ -458,7 +461,8 @@ class RunIndex:
         self._record_of = np.zeros(0, np.int64)
         self._by_id: dict[str, int] | None = None
         self._summaries = Summaries()
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def refresh(self) -> int:
         """Read what was appended since the last call; returns the number of new rows."""
@@ -535,12 +539,13 @@ class RunIndex:
         i = self.row_of(key) if isinstance(key, str) else int(key)
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range: {self.run_dir} has {len(self)} rows")
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
-        stream = self._stream_list[int(self._stream_of[i])]
-        traj = Trajectory.from_record(stream.record(int(self._record_of[i])))
-        self._cache[i] = traj
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return traj
+        with self._lock:  # a UI decodes in worker threads while another refreshes
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+            stream = self._stream_list[int(self._stream_of[i])]
+            traj = Trajectory.from_record(stream.record(int(self._record_of[i])))
+            self._cache[i] = traj
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return traj

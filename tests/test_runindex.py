@@ -236,3 +236,37 @@ def test_two_streams_read_as_one_collection(tmp_path):
     index = RunIndex(tmp_path)
     assert index.summaries().id == ["t00000", "t00001", "t00002"]
     assert index.trajectory(2).id == "t00002" and index.trajectory(1).id == "t00001"
+
+
+def test_decoding_from_threads_while_a_live_run_is_refreshed(tmp_path):
+    """A UI's pattern: one thread refreshes as the trainer appends, others open rows."""
+    import threading
+
+    store = TrajectoryStore(tmp_path)
+    store.extend([traj(i) for i in range(8)])
+    index = RunIndex(tmp_path, cache_size=4)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                n = len(index.summaries())
+                i = int(rng.integers(0, n))
+                assert index.trajectory(i).id == index.summaries().id[i]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for k in range(8, 40, 4):
+        store.extend([traj(i) for i in range(k, k + 4)])
+        index.refresh()
+    stop.set()
+    for t in threads:
+        t.join()
+    store.close()
+    assert errors == []
+    assert index.summaries().id == [f"t{i:05d}" for i in range(40)]
