@@ -12,7 +12,11 @@ It imports without vLLM; constructing a backend without it raises ``VLLM_MISSING
   vLLM renormalises over the kept tokens, which the convention does not; a warning says so once.
 - Weight sync: ``load_lora(path)`` points every later request at a new adapter folder (PEFT
   ``save_pretrained``); each call gets a fresh adapter id, so vLLM loads the new weights instead
-  of reusing its cached copy. Much cheaper than reloading the base model.
+  of reusing its cached copy. Much cheaper than reloading the base model. Given the live
+  ``policy_model`` (a PEFT model), ``sync(version)`` saves its adapter to a scratch folder and
+  loads it: the trainer calls it before each rollout, so every step samples the current policy.
+- The sampler is not the trainer (bf16, vLLM's kernels): the update corrects the mismatch with
+  truncated importance weights (``algo.correction=auto`` is ``token`` for this backend).
 - Colocated with training: ``sleep()`` frees the GPU memory of the weights (level 2) or offloads
   them to CPU (level 1) and drops the KV cache; ``wake_up()`` restores them.
 - Seeds (``backend.py``'s contract): prompt i's request gets ``SamplingParams(seed=seeds[i])``, or
@@ -64,6 +68,7 @@ class VLLMBackend:
         max_lora_rank: int = 64,
         enable_sleep_mode: bool = True,
         dtype: str = "auto",
+        policy_model: Any = None,
         **engine_kwargs: Any,
     ):
         reason = vllm_unavailable()
@@ -88,6 +93,27 @@ class VLLMBackend:
         self._lora: Any = None
         self._lora_ids = 0
         self._warned_truncation = False
+        self.policy_model = policy_model
+        self._synced: int | None = None
+        self._scratch: Any = None
+
+    def sync(self, version: int) -> None:
+        """Hot-load the live policy's LoRA adapter for ``version`` (no-op if already loaded)."""
+        if self.policy_model is None or version == self._synced:
+            return
+        if not hasattr(self.policy_model, "peft_config"):
+            raise ValueError(
+                "the vllm backend syncs weights through LoRA adapters: train with "
+                "lora.enabled=true, or serve full weights with rollout.backend=openai"
+            )
+        import tempfile
+
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="ptgym-vllm-lora-")
+        path = Path(self._scratch.name) / f"v{version}"
+        self.policy_model.save_pretrained(str(path))
+        self.load_lora(path)
+        self._synced = version
 
     def load_lora(self, path: str | Path | None) -> None:
         """Sample later requests with the LoRA adapter saved in ``path``; None: the base model."""

@@ -97,6 +97,27 @@ def test_a_loaded_lora_adapter_is_sampled_and_none_returns_to_the_base(engine, t
 
 @needs_vllm
 @pytest.mark.gpu
+def test_sync_hot_loads_the_live_adapter_once_per_version(engine):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, backend, prompts = engine
+    lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    live = get_peft_model(copy.deepcopy(model), lora)
+    backend.policy_model = live
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    backend.sync(1)
+    first = backend._lora_ids
+    backend.sync(1)  # same version: nothing reloaded
+    assert backend._lora_ids == first
+    expected = HFBackend(live, tokenizer).generate(prompts, params)
+    got = backend.generate(prompts, params)
+    assert [c.token_ids.tolist() for c in got] == [c.token_ids.tolist() for c in expected]
+    backend.policy_model = None
+    backend.load_lora(None)
+
+
+@needs_vllm
+@pytest.mark.gpu
 def test_sleep_and_wake_up_keep_the_weights(engine):
     _, _, backend, prompts = engine
     params = SamplingParams(max_new_tokens=8, temperature=0)
