@@ -380,3 +380,72 @@ def test_leases_are_served_first_come_first_served(sandbox_image):
             t.join()
         assert min(counts) >= 3 and min(counts) >= 0.7 * max(counts), counts
         next_task_scores_1(pool)
+
+
+# ---- 6. the fork server: a forked call behaves as a fresh `python3 -` -------------------------
+
+
+@pytest.mark.docker
+def test_a_forked_python_call_behaves_like_a_fresh_interpreter(sandbox_pool):
+    with sandbox_pool.lease() as sb:
+        sb.write_file("helper.py", "VALUE = 41\n")
+        r = py(sb, "import helper, sys; print(helper.VALUE + 1, sys.argv, __name__)")
+        assert r.stdout == "42 ['-'] __main__\n"
+        r = py(sb, "x = 1\n1 / 0")
+        assert (r.exit_code, r.stderr) == (
+            1,
+            'Traceback (most recent call last):\n  File "<stdin>", line 2, in <module>\n'
+            "ZeroDivisionError: division by zero\n",
+        )
+        assert py(sb, "import sys; sys.exit(3)").exit_code == 3
+        r = py(sb, "import sys; sys.exit('bye')")
+        assert (r.exit_code, r.stderr) == (1, "bye\n")
+        r = py(sb, "def f(:\n  pass")
+        assert r.exit_code == 1 and r.stderr.endswith("SyntaxError: invalid syntax\n")
+        r = py(
+            sb,
+            """
+            import atexit, threading, time
+            atexit.register(lambda: print("atexit ran"))
+            threading.Thread(target=lambda: (time.sleep(0.2), print("thread done"))).start()
+            """,
+        )
+        assert r.stdout == "thread done\natexit ran\n"
+        draws = {py(sb, "import random; print(random.random())").stdout for _ in range(3)}
+        assert len(draws) == 3  # reseeded per call, not the fork server's state
+        r = sb.exec(
+            ["python3", "-c", "import sys; print(sys.stdin.read()[::-1], sys.argv)", "a"],
+            stdin=b"olleh",
+        )
+        assert r.stdout == "hello ['-c', 'a']\n"
+        # The fork server's modules are copies: what one call changes, the next does not see.
+        py(sb, "import json; json.dumps = None")
+        assert py(sb, "import json; print(json.dumps([1]))").stdout == "[1]\n"
+
+
+@pytest.mark.docker
+def test_the_agent_cannot_reach_into_kill_or_stall_the_fork_server(sandbox_pool):
+    with sandbox_pool.lease() as sb:
+        r = py(
+            sb,
+            """
+            import os
+            parent = os.getppid()
+            for path in (f"/proc/{parent}/fd", f"/proc/{parent}/environ", f"/proc/{parent}/mem"):
+                try:
+                    os.listdir(path) if path.endswith("fd") else open(path, "rb").read(1)
+                    print("read", path)
+                except OSError as e:
+                    print(e.errno, end=" ")
+            """,
+        )
+        assert r.stdout == "13 13 13 "  # EACCES: the fork server is not dumpable
+        r = py(sb, "import os, signal; os.kill(os.getppid(), signal.SIGSTOP); print('stopped')")
+        assert (r.exit_code, r.stdout) == (0, "stopped\n")
+        assert py(sb, "print('next')").stdout == "next\n"
+        r = py(sb, "import os, signal; os.kill(os.getppid(), signal.SIGKILL); print('killed')")
+        assert (r.exit_code, r.stdout) == (0, "killed\n")
+        assert py(sb, "print('next')").stdout == "next\n"
+        first = py(sb, "import os; print(os.getppid())").stdout
+        assert sb.reset() == []  # what the pool does between leases: a new fork server
+        assert py(sb, "import os; print(os.getppid())").stdout not in ("", first)
