@@ -308,7 +308,8 @@ class Reward:
         return request.future.result()
 
     def score_batch(self, conversations: Sequence[Messages]) -> list[Scored | ScoreError]:
-        """Score a batch in the calling thread (the worker's job; also for tests and tools)."""
+        """Score a batch in the calling thread: the worker's job, or a tool's that does not also
+        call ``score`` (the normalisers have one owner at a time)."""
         raw: dict[str, list[float | ScoreError]] = {}
         for source in self.sources:
             try:
@@ -316,7 +317,9 @@ class Reward:
             except Exception as exc:  # the whole batch failed in this source
                 error = ScoreError(f"{type(exc).__name__}: {exc}")
                 raw[source.name] = [error] * len(conversations)
-        ok = [i for i in range(len(conversations)) if not _failed(raw, i)]
+        ok = {
+            i: j for j, i in enumerate(i for i in range(len(conversations)) if not _failed(raw, i))
+        }
         values = {n: [float(raw[n][i]) for i in ok] for n in raw}  # type: ignore[arg-type]
         if self.normalize:
             values = {n: self.norms[n].normalize(v) for n, v in values.items()}
@@ -326,8 +329,7 @@ class Reward:
             if errors:
                 out.append(ScoreError("; ".join(errors)))
                 continue
-            j = ok.index(i)
-            parts = [values[s.name][j] for s in self.sources]
+            parts = [values[s.name][ok[i]] for s in self.sources]
             reward = min(parts) if self.combine == "min" else sum(parts) / len(parts)
             out.append(Scored(reward, {n: float(raw[n][i]) for n in raw}))  # type: ignore[arg-type]
         return out
