@@ -120,3 +120,29 @@ def test_missing_data_is_a_clear_error(tmp_path):
     cfg = compose(RMCommand, ["model=tiny", f"out={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="needs data=PATH"):
         train_rm(cfg)
+
+
+def test_lora_checkpoint_is_merged_and_reproduces_the_held_out_scores(tmp_path):
+    """With LoRA the saved folder holds merged weights and the trained score head: loading it
+    gives the held-out mean score the run reported, and no weight is missing."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ptgym.fit import split
+    from ptgym.reward_model import pair_texts
+
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, synthetic_prefs(24))
+    args = [f"data={data}", "model=tiny", "lora.enabled=true", "trainer.lr=0.01", f"out={tmp_path}"]
+    cfg = compose(RMCommand, [*args, "trainer.max_steps=3", "trainer.eval_fraction=0.25"])
+    last = train_rm(cfg, log=lambda _: None)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "model", output_loading_info=True
+    )
+    assert not info["missing_keys"]
+    assert not any("lora" in k for k in model.state_dict())
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    _, held_out = split(pair_texts(tok, synthetic_prefs(24)), 0.25, 0)
+    texts = [t for c, r, _ in held_out for t in (c, r)]
+    with torch.no_grad():
+        s = scores(model.eval(), **encode_rm(tok, texts, 1024, "left"))
+    assert s.mean().item() == pytest.approx(last["eval/mean_score"], abs=1e-4)
