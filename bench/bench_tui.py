@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -261,8 +262,8 @@ def main() -> None:
             f"generated {args.n:,} trajectories through the store in {time.perf_counter() - t0:.1f} s"
         )
     live = root / "runs/live-1000"
-    if not live.exists():
-        metrics_run(live, 1000)
+    shutil.rmtree(live, ignore_errors=True)  # the monitor phase appends to it
+    metrics_run(live, 1000)
     size = sum(p.stat().st_size for p in (big / "trajectories").iterdir())
     print(f"run: {big} ({size / 2**20:.0f} MiB on disk)  load: {os.getloadavg()[0]:.2f}")
 

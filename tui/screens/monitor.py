@@ -125,8 +125,15 @@ class MonitorScreen(Screen):
         self.query_one("#step-table", DataTable).add_columns("metric", "value")
         self.query_one("#alerts", Static).display = False
         self._draw_status()
+        self._timer = self.set_interval(self.poll_interval, self._tick, pause=True)
+
+    def on_screen_resume(self) -> None:
+        """Follow the run while shown (the GPU/CPU history keeps sampling meanwhile)."""
         self._tick()
-        self.set_interval(self.poll_interval, self._tick)
+        self._timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()
 
     def _tick(self) -> None:
         """Start a poll unless one is still running (the follower has one reader at a time)."""

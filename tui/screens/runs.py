@@ -57,8 +57,15 @@ class RunsScreen(Screen):
             table.add_column(name, key=name)
         self.query_one("#runs-title", Static).update(Text(f"runs under {self.folder}", "bold"))
         self.query_one("#runs-empty", Static).display = False
+        self._timer = self.set_interval(self.scan_interval, self.action_rescan, pause=True)
+
+    def on_screen_resume(self) -> None:
+        """Scan while shown; a run opened over the list has the machine to itself."""
         self.action_rescan()
-        self.set_interval(self.scan_interval, self.action_rescan)
+        self._timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()
 
     def action_rescan(self) -> None:
         if not self._scanning:  # the watchers have one reader at a time
@@ -88,6 +95,7 @@ class RunsScreen(Screen):
             f"No runs under {self.folder} yet. Start one with "
             f"`ptgym train env=math out={self.folder / 'math'}`."
         )
+        added: list[str] = []
         for info in self.runs:
             cells = self._cells(info)
             key = str(info.path)
@@ -96,6 +104,17 @@ class RunsScreen(Screen):
                     table.update_cell(key, name, value, update_width=True)
             else:
                 table.add_row(*cells, key=key)
+                added.append(key)
+        if added:
+            # DataTable measures new rows' widths after drawing them once and keeps that first
+            # drawing cached: touch a cell once the widths are in, so the rows draw again.
+            self.call_after_refresh(self._redraw_rows, added)
+
+    def _redraw_rows(self, keys: list[str]) -> None:
+        table = self.query_one("#runs", DataTable)
+        for key in keys:
+            if key in table.rows:
+                table.update_cell(key, "run", table.get_cell(key, "run"))
 
     @staticmethod
     def _cells(info: RunInfo) -> tuple:
