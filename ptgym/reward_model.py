@@ -42,11 +42,16 @@ def rm_text(tokenizer: Any, prompt: list[dict] | str, response: list[dict] | str
 
 
 def encode_rm(tokenizer: Any, texts: list[str], max_length: int, side: str) -> dict[str, Tensor]:
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
-    T = max(len(e) for e in enc)
-    ids = torch.full((len(enc), T), tokenizer.pad_token_id, dtype=torch.long)
-    attn = torch.zeros((len(enc), T), dtype=torch.long)
-    for b, e in enumerate(enc):
+    """``input_ids`` and ``attention_mask`` (B, T) of ``rm_text`` strings, padded on ``side``."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    return pad_ids(ids, tokenizer.pad_token_id, side)
+
+
+def pad_ids(rows: list[list[int]], pad_id: int, side: str) -> dict[str, Tensor]:
+    T = max(len(e) for e in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, e in enumerate(rows):
         span = slice(0, len(e)) if side == "right" else slice(T - len(e), T)
         ids[b, span] = torch.tensor(e, dtype=torch.long)
         attn[b, span] = 1
@@ -127,15 +132,17 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
     (out / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.trainer.seed)
     model, tokenizer = load_rm_base(cfg)
-    train_rows, held_out = split(
-        pair_texts(tokenizer, prefs), cfg.trainer.eval_fraction, cfg.trainer.seed
-    )
-    device = next(model.parameters()).device
     T = cfg.trainer.max_length
+    tokenized = [  # once, up front: (chosen ids, rejected ids, margin)
+        (*(tokenizer(t, add_special_tokens=False)["input_ids"][:T] for t in (c, r)), m)
+        for c, r, m in pair_texts(tokenizer, prefs)
+    ]
+    train_rows, held_out = split(tokenized, cfg.trainer.eval_fraction, cfg.trainer.seed)
+    device = next(model.parameters()).device
 
-    def forward(rows: list[tuple[str, str, float]]) -> tuple[Tensor, Tensor, Tensor]:
-        texts = [r[0] for r in rows] + [r[1] for r in rows]  # chosen and rejected in one pass
-        enc = {k: v.to(device) for k, v in encode_rm(tokenizer, texts, T, "right").items()}
+    def forward(rows: list[tuple[list, list, float]]) -> tuple[Tensor, Tensor, Tensor]:
+        ids = [r[0] for r in rows] + [r[1] for r in rows]  # chosen and rejected in one pass
+        enc = {k: v.to(device) for k, v in pad_ids(ids, tokenizer.pad_token_id, "right").items()}
         r = scores(model, **enc)
         margin = torch.tensor([row[2] for row in rows], device=device)
         return r[: len(rows)], r[len(rows) :], margin
