@@ -150,14 +150,19 @@ def phase_app_open(run: Path) -> dict:
     import_s = time.perf_counter() - t_import
     rss0 = rss_mb()
 
+    t0 = time.perf_counter()
+    shown: list[float] = []
+
     def ready(app) -> bool:
         screen = app.screen
         if type(screen).__name__ != "RolloutsScreen":
             return False
+        if not shown:
+            shown.append(time.perf_counter() - t0)
         return "of" in str(screen.query_one("#status").content) and screen.index is not None
 
     seconds = _pilot(PtgymApp(run), ready)
-    return {"import_s": import_s, "seconds": seconds, "mb": rss_mb() - rss0}
+    return {"import_s": import_s, "seconds": seconds, "screen_s": shown[0], "mb": rss_mb() - rss0}
 
 
 def phase_app_runs(folder: Path) -> dict:
@@ -281,7 +286,8 @@ def main() -> None:
         app = run_phase("app-open", big)
         print(
             f"ptgym tui RUN to the rollouts list with every row: {app['seconds']:.3f} s "
-            f"(target <= 1 s; +{app['mb']:.0f} MiB; importing the app took {app['import_s']:.2f} s "
+            f"(screen up at {app['screen_s']:.3f} s, list filled after; "
+            f"target <= 1 s; +{app['mb']:.0f} MiB; importing the app took {app['import_s']:.2f} s "
             f"before that) vs the store baseline {base['seconds']:.3f} s "
             f"-> {base['seconds'] / app['seconds']:.1f}x"
         )
