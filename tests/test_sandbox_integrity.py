@@ -201,6 +201,7 @@ def test_hidden_tests_run_in_a_fresh_container_that_is_destroyed_after(sandbox_i
             with pool.lease(timeout=60) as sb:
                 seen.add(sb.id)
         assert grading not in seen
+        next_task_scores_1(pool)
 
 
 @pytest.mark.docker
@@ -421,6 +422,7 @@ def test_a_forked_python_call_behaves_like_a_fresh_interpreter(sandbox_pool):
         # The fork server's modules are copies: what one call changes, the next does not see.
         py(sb, "import json; json.dumps = None")
         assert py(sb, "import json; print(json.dumps([1]))").stdout == "[1]\n"
+    next_task_scores_1(sandbox_pool)
 
 
 @pytest.mark.docker
@@ -449,3 +451,4 @@ def test_the_agent_cannot_reach_into_kill_or_stall_the_fork_server(sandbox_pool)
         first = py(sb, "import os; print(os.getppid())").stdout
         assert sb.reset() == []  # what the pool does between leases: a new fork server
         assert py(sb, "import os; print(os.getppid())").stdout not in ("", first)
+    next_task_scores_1(sandbox_pool)
