@@ -127,6 +127,17 @@ def cmd_envs_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_envs_demos(args: argparse.Namespace) -> int:
+    from ptgym.demos import DemosCommand, write_demos
+
+    try:
+        write_demos(args.env, C.compose(DemosCommand, args.overrides))
+    except (ValueError, RuntimeError) as exc:
+        print(f"ptgym envs demos: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from ptgym import sandbox
 
@@ -310,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="env short name, e.g. my-env")
     new.add_argument("--dir", default=".", help="where to create the package (default: .)")
     new.set_defaults(fn=cmd_envs_new)
+    demos = envs_sub.add_parser(
+        "demos", help="write an env's own solved episodes as SFT data (TRL messages JSONL)"
+    )
+    demos.add_argument("env", help="env short name (math-tools)")
+    demos.add_argument("overrides", nargs="*", metavar="key=value", help="n=200 out=demos.jsonl")
+    demos.set_defaults(fn=cmd_envs_demos)
 
     sb = sub.add_parser("sandbox", help="build and manage the Docker code sandbox")
     sb.add_argument("action", choices=["build", "ps", "prune"])

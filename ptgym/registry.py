@@ -306,6 +306,13 @@ def _register_builtins() -> None:
             "Single-turn chat scored by a reward model, a judge, or an ensemble",
             16,
         ),
+        (
+            "ptgym/MathTools-v0",
+            "ptgym.envs.math_tools:MathToolsEnv",
+            "math-tools",
+            "Arithmetic too hard to do in one's head, with a python tool in Docker sandboxes",
+            8,
+        ),
     ]
     for env_id, entry_point, short, desc, steps in builtin:
         register(

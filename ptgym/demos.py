@@ -1,0 +1,116 @@
+"""Demonstrations an env writes itself: solved episodes as TRL ``messages`` JSONL, for a warm start.
+
+A 135M model almost never emits a valid tool call unprompted (FACTS.md: 0 of 8 samples without a
+few-shot prompt, 1 of 8 with one), so RL on a tool env starts from a reward that is nearly always
+0. The smallest honest fix after a few-shot prompt is a short ``ptgym sft`` on demonstrations of
+the protocol. These are not written by hand: each is an episode *played through the env itself*
+(its real sandbox, its own checker), so a demonstration shows exactly the prompt the policy will
+see in RL, the call format the env parses, the tool output the sandbox really returns, and an
+answer the env scored 1.0. An episode that does not score 1.0 is not written, and is counted.
+
+- ``math-tools``: call ``python`` with ``print(<the question's expression>)``, then answer with
+  the number the tool printed (read from the tool's observation, not from the gold answer).
+
+The system message holds the env's prompt with the tool instructions that
+``ptgym.agents.chat.ChatRenderer`` injects for templates that ignore ``tools=`` (SmolLM2's), so
+``ptgym sft`` trains on the same prompt tokens that ``ptgym train`` samples from.
+
+    ptgym envs demos math-tools n=200 out=demos.jsonl
+    ptgym sft data=demos.jsonl trainer.epochs=1 out=runs/warm
+    ptgym train env=math-tools model=runs/warm/model
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptgym.agents.chat import tools_system_prompt
+from ptgym.config import opt
+
+ENVS = ("math-tools",)
+
+
+@dataclass
+class DemosCommand:
+    n: int = opt(200, "demonstrations to write", minimum=1)
+    out: str = opt("demos.jsonl", "the JSONL file to write (TRL conversational 'messages')")
+    seed: int = opt(0, "episode i is reset with seed + i")
+    split: str = opt("train", "the env's task split", choices=("train", "test"))
+    kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
+
+
+def _with_tools(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict]:
+    """Plain role/content messages, tool instructions in the system message as the renderer
+    writes them for a template without tool support."""
+    out = [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
+    if tools:
+        instructions = tools_system_prompt(tools)
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{instructions}".lstrip()
+        else:
+            out.insert(0, {"role": "system", "content": instructions})
+    return out
+
+
+def math_tools_demos(
+    n: int, *, seed: int = 0, split: str = "train", env: Any = None, **kwargs: Any
+) -> tuple[list[dict[str, Any]], int]:
+    """``(rows, failed)``: ``n`` solved MathTools episodes as ``{"messages", "task_id", "reward"}``
+    rows, and how many played episodes did not score 1.0 (and were not written)."""
+    from ptgym.envs.math_tools import MathToolsEnv, tool_call_text
+
+    env = env or MathToolsEnv(split=split, **kwargs)
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    i = 0
+    while len(rows) < n:
+        if failed > max(10, n):
+            raise RuntimeError(
+                f"{failed} of {i} demonstrations did not solve their task; see above"
+            )
+        _, info = env.reset(seed=seed + i)
+        i += 1
+        obs, _, _, truncated, step_info = env.step(tool_call_text(f"print({info['expression']})"))
+        if truncated or "error" in step_info or not obs:
+            failed += 1
+            continue
+        result = obs[-1]["content"].strip()
+        _, reward, terminated, _, final = env.step(f"The answer is \\boxed{{{result}}}.")
+        if not (terminated and reward == 1.0 and final.get("correct")):
+            failed += 1
+            continue
+        rows.append(
+            {
+                "messages": _with_tools(env.messages, info["tools"]),
+                "task_id": info["task_id"],
+                "reward": reward,
+            }
+        )
+    return rows, failed
+
+
+def write_demos(env_name: str, cfg: DemosCommand, log: Any = print) -> Path:
+    """Play ``cfg.n`` solved episodes of ``env_name`` and write them to ``cfg.out`` atomically."""
+    if env_name not in ENVS:
+        raise ValueError(
+            f"no demonstration generator for env {env_name!r}; available: {', '.join(ENVS)}"
+        )
+    rows, failed = math_tools_demos(cfg.n, seed=cfg.seed, split=cfg.split, **cfg.kwargs)
+    path = Path(cfg.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    log(f"wrote {len(rows)} solved {env_name} demonstrations to {path} ({failed} unsolved skipped)")
+    log(
+        f"next: ptgym sft data={path} out=runs/warm && ptgym train env={env_name} model=runs/warm/model"
+    )
+    return path
