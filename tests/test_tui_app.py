@@ -151,12 +151,21 @@ def test_help_lists_the_keys_of_the_screen_below(runs):
 
 
 def test_theme_toggles_between_dark_and_light(runs):
+    """Also on the monitor, whose charts follow the app's theme."""
+
     async def go():
-        app = PtgymApp(runs)
+        app = PtgymApp(runs / "live", view="monitor")
         async with app.run_test() as pilot:
+            await until(pilot, lambda: len(app.screen.records) == 3)
+            await pilot.pause(0.3)
+            chart = app.screen.query_one("#chart-0")
+            dark = chart.render()
             assert app.theme == "textual-dark"
             await pilot.press("ctrl+t")
             assert app.theme == "textual-light"
+            await pilot.pause(0.1)
+            light = chart.render()
+            assert str(light) == str(dark) and light.spans != dark.spans  # same plot, new colours
             await pilot.press("ctrl+t")
             assert app.theme == "textual-dark"
 
