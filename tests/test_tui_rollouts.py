@@ -318,3 +318,26 @@ def test_index_rows_match_the_factory(run: Path) -> None:
     assert rows.id[:3] == ["s1g0m0", "s1g0m1", "s1g0m2"]
     assert list(rows.kept[-3:]) == [1, 1, 0]
     assert np.array_equal(rows.step, [1] * 6 + [2] * 6)
+
+
+@pytest.mark.anyio
+async def test_token_cursor_stays_on_screen_in_a_long_trajectory(tmp_path: Path) -> None:
+    make_run(tmp_path / "long", steps=1, groups=1, members=1)
+    traj = trajectory(1, 1, 0)
+    traj.turns[1].completion_ids = np.arange(3000, 6000, dtype=np.int32)  # 3,000 tokens
+    traj.turns[1].completion_logprobs = np.full(3000, -0.5, dtype=np.float32)
+    store = TrajectoryStore(tmp_path / "long")
+    store.append(traj)
+    store.close()
+    screen = RolloutsScreen(tmp_path / "long")
+    async with Host(screen).run_test(size=(80, 24)) as pilot:
+        rollout = await opened(pilot, screen, 1)
+        await pilot.press("v", "end")
+        await pilot.pause()
+        scroll = rollout.query_one("#tokens-scroll")
+        view = rollout.query_one(TokenView)
+        assert view.cursor == len(view.cells) - 1
+        await until(pilot, lambda: scroll.scroll_offset.y > 0, "the view to follow the cursor")
+        assert scroll.scroll_offset.y >= scroll.max_scroll_y - scroll.size.height
+        await pilot.press("home")
+        await until(pilot, lambda: scroll.scroll_offset.y == 0, "the view back at the top")

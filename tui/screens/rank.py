@@ -49,6 +49,7 @@ HELP = """\
 | `s` | skip this pair |
 | `u` | undo the last judgment (appends a revert event) |
 | `g` | show or hide the guidelines |
+| `space` / `pgup` | page both answers down / up |
 | `?` | this help |
 
 Every judgment is on disk (fsynced) before the next pair appears.
@@ -84,6 +85,8 @@ class RankScreen(Screen[None]):
         Binding("g", "toggle_guidelines", "Guidelines"),
         Binding("question_mark", "help", "Help"),
         Binding("escape", "back", "Back", show=False),
+        Binding("pagedown,space", "scroll_sides(1)", "Scroll", show=False),
+        Binding("pageup", "scroll_sides(-1)", "Scroll up", show=False),
     ]
     DEFAULT_CSS = """
     RankScreen #progress { height: 1; padding: 0 1; background: $primary-background; }
@@ -238,6 +241,12 @@ class RankScreen(Screen[None]):
 
     def action_help(self) -> None:
         self.app.push_screen(RankHelp())
+
+    def action_scroll_sides(self, pages: int) -> None:
+        """Page both answers together (long code answers), keeping them level."""
+        for side in ("#left", "#right"):
+            pane = self.query_one(side, VerticalScroll)
+            pane.scroll_relative(y=pages * max(pane.size.height - 2, 1), animate=False)
 
     def action_back(self) -> None:
         if hasattr(self.app, "action_back"):  # the ptgym app: back to the runs list

@@ -219,6 +219,23 @@ class TokenView(Vertical):
             text.stylize("reverse bold underline", start, max(end, start + 1))
         self.query_one("#tokens", Static).update(text)
         self.query_one("#token-info", Static).update(self.describe(self.cursor))
+        self.call_after_refresh(self._follow)
+
+    def _follow(self) -> None:
+        """Keep the cursor on screen. Its line is estimated by wrapping each text line at the
+        view's width by characters (the Static wraps at words: within a line or two)."""
+        if not self.cells:
+            return
+        scroll = self.query_one("#tokens-scroll", VerticalScroll)
+        width = max(scroll.scrollable_content_region.width, 1)
+        plain, offset = self._base.plain, self._spans[self.cursor][0]
+        y = 0
+        for line in plain[:offset].split("\n")[:-1]:
+            y += max(1, -(-len(line) // width))
+        y += (offset - (plain.rfind("\n", 0, offset) + 1)) // width
+        top, height = scroll.scroll_offset.y, scroll.scrollable_content_region.height
+        if not top <= y < top + height:
+            scroll.scroll_to(y=max(y - height // 2, 0), animate=False)
 
     def describe(self, i: int) -> Text:
         if not self.cells:
