@@ -349,9 +349,12 @@ class RankSession:
         self._keys = {p.key for p in self.pairs}
         state = read_log(self.run_dir)
         self.bad_lines = state.bad_lines
-        self.others: Counter[str] = Counter(
-            j.annotator for j in state.judgments if j.annotator != annotator
-        )
+        # Other annotators' progress when this session opened: {name: (done, left)}.
+        self.others: dict[str, tuple[int, int]] = {}
+        for name in state.annotators():
+            if name != annotator:
+                handled = {j.pair for j in state.by(name)} & self._keys
+                self.others[name] = (len(state.by(name)), len(self._keys) - len(handled))
         self._mine: list[Judgment] = state.by(annotator)  # active, in order: the undo stack
         self._handled = {j.pair for j in self._mine}
         self._identical: set[str] = set()  # pairs found to hold the same response twice

@@ -161,7 +161,7 @@ def test_reopening_continues_where_it_stopped(run: Path) -> None:
     assert (again.done, again.left) == (3, 7)
     # another annotator starts from the first pair, with their own count
     bob = RankSession(run, "bob")
-    assert bob.current()[0].key == shown[0] and bob.others == {"ann": 3}
+    assert bob.current()[0].key == shown[0] and bob.others == {"ann": (3, 7)}
 
 
 def test_undo_appends_a_revert_and_brings_the_pair_back(run: Path) -> None:

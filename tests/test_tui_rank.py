@@ -21,7 +21,7 @@ from ptgym.judgments import RankSession, read_log
 from ptgym.tui.screens.rank import RankHelp, RankScreen
 from tests.run_factory import events, make_run
 
-MEMBER = re.compile(r"\(member (\d)\)")
+MEMBER = re.compile(r"\(member\s+(\d)\)")
 
 
 class Host(App):
@@ -114,7 +114,7 @@ async def test_reopening_continues_and_counts_other_annotators(run: Path) -> Non
         await ready(pilot, screen)
         assert screen.shown == expected
         progress = text_of(screen.query_one("#progress"))
-    assert progress.startswith("ann: 1 done · 11 left · others: bob 3")
+    assert progress.startswith("ann: 1 done · 11 left · bob: 3 done, 9 left")
 
 
 @pytest.mark.anyio

@@ -210,7 +210,10 @@ class RankScreen(Screen[None]):
         assert s is not None
         text = f"{self.annotator}: {s.done} done · {s.left} left"
         if s.others:
-            text += " · others: " + ", ".join(f"{a} {n}" for a, n in sorted(s.others.items()))
+            text += "".join(
+                f" · {name}: {done} done, {left} left"
+                for name, (done, left) in sorted(s.others.items())
+            )
         shown = s.current()
         if shown is not None:
             pair = shown[0]
