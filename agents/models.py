@@ -14,6 +14,7 @@ seconds. Anything else is passed to ``from_pretrained``: a local folder or a Hub
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -275,13 +276,21 @@ def portable_name(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
-def adapter_problem(path: str) -> str | None:
-    """Why ``path`` is not a PEFT adapter folder, or None (checked before any weights load)."""
+def adapter_problem(path: str, model: str | None = None) -> str | None:
+    """Why ``path`` is not a PEFT adapter folder for ``model``, or None (checked before any
+    weights load). A base named by ptgym's short name must be that model."""
     hint = "point it at a checkpoint's adapter folder, e.g. RUN/checkpoints/step-000020/adapter"
+    config = Path(path) / "adapter_config.json"
     if not os.path.isdir(path):
         return f"no such folder; {hint}"
-    if not (Path(path) / "adapter_config.json").is_file():
+    if not config.is_file():
         return f"the folder holds no adapter_config.json; {hint}"
+    try:
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        return "its adapter_config.json is not a JSON object"
+    if model is not None and base in KNOWN_MODELS and portable_name(model) != base:
+        return f"it was trained on model={base}, not model={model}; add model={base}"
     return None
 
 

@@ -351,7 +351,7 @@ def _check_model_and_mirrors(obj: Any) -> None:
         problem = model_problem(model.name)
         if problem:
             raise ConfigError(f"model={model.name}: {problem}")
-        problem = model.adapter and adapter_problem(model.adapter)
+        problem = model.adapter and adapter_problem(model.adapter, model.name)
         if problem:
             raise ConfigError(f"model.adapter={model.adapter}: {problem}")
         lora = getattr(obj, "lora", None)

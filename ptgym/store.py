@@ -496,9 +496,8 @@ def drop_after(run_dir: str | Path, step: int) -> dict[str, int]:
         if rel.parts[0] == "checkpoints" or path.suffix == ".idx" or not _is_stream(path):
             continue
         offsets, _ = scan(path)
-        with open(path, "rb") as f:
-            frames = [_frame_at(f, o) for o in offsets]
-        late = [_after(_unpack(frame[FRAME.size :]), step) for frame in frames]
+        with open(path, "rb") as f:  # one record in memory at a time: streams can be large
+            late = [_after(_unpack(_frame_at(f, o)[FRAME.size :]), step) for o in offsets]
         if not any(late):
             continue
         first = late.index(True)
@@ -508,7 +507,8 @@ def drop_after(run_dir: str | Path, step: int) -> dict[str, int]:
                 f.truncate(offsets[first])
                 os.fsync(f.fileno())
         else:
-            kept = [frame for frame, drop in zip(frames, late, strict=True) if not drop]
+            with open(path, "rb") as f:
+                kept = [_frame_at(f, o) for o, drop in zip(offsets, late, strict=True) if not drop]
             keep = list(np.cumsum([len(HEADER)] + [len(fr) for fr in kept])[:-1])
             atomic_write_bytes(path, HEADER + b"".join(kept))
         idx = path.with_suffix(path.suffix + ".idx")
@@ -529,10 +529,12 @@ def _frame_at(f: Any, offset: int) -> bytes:
 
 
 def _after(record: Any, step: int) -> bool:
+    """Whether a record was written by a step after ``step``; records without an integer
+    ``step`` or ``policy_version`` (an index's columns) belong to no step."""
     if not isinstance(record, dict):
         return False
-    if "step" in record:
-        return int(record["step"]) > step
-    if "policy_version" in record:
-        return int(record["policy_version"]) >= step
+    if isinstance(record.get("step"), int):
+        return record["step"] > step
+    if isinstance(record.get("policy_version"), int):
+        return record["policy_version"] >= step
     return False

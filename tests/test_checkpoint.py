@@ -161,3 +161,11 @@ def test_adapter_names_its_base_portably_and_carries_the_tokenizer(tmp_path, cap
     args = ["env=digits", "tasks=2", "k=1", "sampling.max_new_tokens=4", f"out={out}"]
     assert main(["eval", "model=tiny", f"model.adapter={adapter}", *args]) == 0
     assert json.loads((out / "eval.json").read_text())["eval/tasks"] == 2
+    capsys.readouterr()
+    # The name is checked: the default model is not the base this adapter was trained on.
+    assert main(["eval", f"model.adapter={adapter}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"ptgym eval: error: model.adapter={adapter}: it was trained on model=tiny, not "
+        "model=smollm2-135m; add model=tiny\n"
+    )

@@ -171,6 +171,23 @@ def test_a_run_interrupted_after_step_7_resumes_to_the_directory_of_one_that_nev
     assert sampled[0] == sampled[1]
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_when_run_again(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(InterruptedLetters, "interrupt_at", {1})  # in step 2, before step 3's save
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path, 3), log=print)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+    monkeypatch.setattr(InterruptedLetters, "interrupt_at", set())
+    lines: list[str] = []
+    train(config(tmp_path, 3), log=lines.append)
+    assert any(
+        line.startswith("dropped the records of steps after 0: 1 from metrics") for line in lines
+    )
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    assert [t.policy_version for t in TrajectoryStore(tmp_path)] == [0, 0, 1, 1, 2, 2]
+
+
 def test_resume_without_a_checkpoint_and_an_out_holding_another_run_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=rf"^resume=true, but out={tmp_path} holds no checkpoint"):
         train(config(tmp_path, 1, "resume=true"), log=lambda _: None)
