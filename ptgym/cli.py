@@ -230,13 +230,22 @@ def cmd_doctor_rm(args: argparse.Namespace) -> int:
     return 1 if diagnose_rm(args.path, C.compose(DoctorRMCommand, overrides)) else 0
 
 
+def _data_errors(args: argparse.Namespace, fn: Any, cfg: Any) -> int:
+    """Run ``fn(cfg)``; a bad data file or setting (ValueError) is one line, not a traceback."""
+    try:
+        fn(cfg)
+    except ValueError as exc:
+        print(f"ptgym {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     cfg = C.compose(PC.SFTCommand, args.overrides)
     cfg.out = cfg.out or default_out("sft")
     from ptgym.sft import train_sft
 
-    train_sft(cfg)
-    return 0
+    return _data_errors(args, train_sft, cfg)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -244,8 +253,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     cfg.out = cfg.out or default_out("rm")
     from ptgym.reward_model import train_rm
 
-    train_rm(cfg)
-    return 0
+    return _data_errors(args, train_rm, cfg)
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
@@ -253,8 +261,7 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     cfg.out = cfg.out or default_out("dpo")
     from ptgym.dpo import train_dpo
 
-    train_dpo(cfg)
-    return 0
+    return _data_errors(args, train_dpo, cfg)
 
 
 # --- parser -----------------------------------------------------------------------------------

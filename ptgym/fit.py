@@ -151,3 +151,12 @@ def save_model(policy: Any, folder: str | Path, base: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def refuse_adapter(model_cfg: Any, command: str) -> None:
+    """``model.adapter`` applies to rollouts; these commands start from a full model folder."""
+    if getattr(model_cfg, "adapter", None):
+        raise ValueError(
+            f"ptgym {command} does not apply model.adapter: pass a merged model folder as "
+            "model=... (ptgym sft/dpo write one to OUT/model)"
+        )

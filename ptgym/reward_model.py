@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ptgym.config import to_yaml
-from ptgym.fit import fit, mean_stats, split
+from ptgym.fit import fit, mean_stats, refuse_adapter, split
 from ptgym.losses import bradley_terry_loss
 from ptgym.prefconfig import RMCommand
 from ptgym.prefs import Preference, read_preferences
@@ -126,6 +126,7 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
 
     if not cfg.data:
         raise FileNotFoundError("ptgym rm needs data=PATH: a preference JSONL (ptgym prefs ...)")
+    refuse_adapter(cfg.model, "rm")
     prefs = read_preferences(cfg.data, include_ties=cfg.include_ties)
     out = Path(cfg.out or "runs/rm")
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ptgym.config import to_yaml
-from ptgym.fit import fit, mean_stats, save_model, split
+from ptgym.fit import fit, mean_stats, refuse_adapter, save_model, split
 from ptgym.losses import sft_loss
 from ptgym.prefconfig import SFTCommand
 from ptgym.prefdata import Encoded, encode_messages, pad, renderer_for, truncate
@@ -102,6 +102,7 @@ def train_sft(cfg: SFTCommand, *, log: Any = print) -> dict[str, float]:
 
     if not cfg.data:
         raise FileNotFoundError("ptgym sft needs data=PATH: a messages JSONL or a run directory")
+    refuse_adapter(cfg.model, "sft")
     conversations = read_conversations(cfg.data, min_reward=cfg.min_reward)
     out = Path(cfg.out or "runs/sft")
     out.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,20 @@ def test_lora_run_saves_the_adapter_and_the_merged_model(tmp_path):
     assert math.isfinite(last["loss/loss"])
     assert (tmp_path / "out" / "model-adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_cli_runs_dpo_and_bad_input_is_one_line(tmp_path, capsys):
+    from ptgym.cli import main
+
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, synthetic_prefs(8))
+    common = ["model=tiny", "trainer.max_steps=1", "trainer.eval_fraction=0"]
+    assert main(["dpo", f"data={data}", *common, f"out={tmp_path / 'a'}"]) == 0
+    assert (tmp_path / "a" / "model" / "config.json").is_file()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "chosen": "y"}\n')
+    assert main(["dpo", f"data={bad}", *common, f"out={tmp_path / 'b'}"]) == 2
+    assert "bad.jsonl:1: preference record lacks ['rejected']" in capsys.readouterr().err
+    assert main(["dpo", f"data={data}", "model.adapter=x", *common]) == 2
+    assert main(["dpo", "algo=dpx"]) == 2
+    assert "Did you mean 'dpo'?" in capsys.readouterr().err
