@@ -68,6 +68,9 @@ reward is 0.0, a failure of the infrastructure, not a score (the trainer drops i
 - ``tool_call_penalty``: subtracted per tool call. ``timeout_s``: per ``run_python``/``run_tests``.
 - ``call_timeout_s`` / ``grade_budget_s``: per candidate call and total, in hidden grading.
 - ``max_result_chars``: the longest tool result (the rest is cut, with a note).
+- ``few_shot``: add ``FEW_SHOT`` to the system prompt, one worked episode (write_file, then
+  submit) on a toy task that is not in HumanEval: the warm start for small models, which
+  rarely write a valid call from the tool list alone (SmolLM2's template ignores ``tools=``).
 
 ``reset(options=...)``: ``{"task_id": "HumanEval/7"}`` or ``{"index": i}`` (``num_tasks`` = 164);
 otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``tools``,
@@ -146,6 +149,13 @@ REMINDER = (
     'No tool call found. Call a tool with <tool_call>{"name": "submit", "arguments": {}}'
     "</tool_call> (tools: run_python, write_file, read_file, run_tests, submit)."
 )
+_EXAMPLE_CODE = 'def double(x):\n    """Return 2 * x."""\n    return 2 * x\n'
+FEW_SHOT = "\n\nExample (a toy task, not yours):\nuser: Implement `double` ...\nassistant: " + (
+    "<tool_call>"
+    + json.dumps({"name": "write_file", "arguments": {"path": SOLUTION, "content": _EXAMPLE_CODE}})
+    + f"</tool_call>\ntool: wrote {len(_EXAMPLE_CODE.encode())} bytes to {SOLUTION}\nassistant: "
+    + '<tool_call>{"name": "submit", "arguments": {}}</tool_call>'
+)
 _PY_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
 
 _SHARED: dict[str, SandboxPool] = {}
@@ -220,6 +230,7 @@ class CodeToolsEnv(TextEnv):
         pool_size: int = 4,
         sandbox: SandboxConfig | dict[str, Any] | None = None,
         max_result_chars: int = 16384,
+        few_shot: bool = False,
         render_mode: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
@@ -235,6 +246,7 @@ class CodeToolsEnv(TextEnv):
         self.call_timeout_s = call_timeout_s
         self.grade_budget_s = grade_budget_s
         self.max_result_chars = max_result_chars
+        self.few_shot = few_shot
         self.tasks = load_tasks()
         self.task: Task | None = None
         self.files: dict[str, bytes] = {}
@@ -276,7 +288,10 @@ class CodeToolsEnv(TextEnv):
             f"- {t['function']['name']}: {t['function']['description']}" for t in TOOLS
         )
         obs = [
-            {"role": "system", "content": SYSTEM_PROMPT.format(tools=tools)},
+            {
+                "role": "system",
+                "content": SYSTEM_PROMPT.format(tools=tools) + (FEW_SHOT if self.few_shot else ""),
+            },
             {
                 "role": "user",
                 "content": TASK_PROMPT.format(entry=self.task.entry_point, prompt=self.task.prompt),

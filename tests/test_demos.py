@@ -73,3 +73,23 @@ def test_unknown_env_is_a_one_line_error(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().startswith("ptgym envs demos: error: no demonstration generator")
+
+
+def test_code_tools_few_shot_example_is_a_valid_episode_on_a_toy_task():
+    """The example's calls parse, its tool result is what the env really answers, and its toy
+    task is not a HumanEval task (no solution leaks into the prompt)."""
+    from ptgym.envs.code_tools import FEW_SHOT, CodeToolsEnv
+    from ptgym.envs.code_tools import TOOLS as CODE_TOOLS
+
+    env = CodeToolsEnv(few_shot=True)
+    obs, _ = env.reset(seed=0)
+    assert obs[0]["content"].endswith(FEW_SHOT)
+    assert FEW_SHOT not in CodeToolsEnv().reset(seed=0)[0][0]["content"]
+    assert all(t.entry_point != "double" for t in env.tasks)
+    lines = FEW_SHOT.splitlines()
+    calls = [line.removeprefix("assistant: ") for line in lines if "<tool_call>" in line]
+    parsed = [parse_tool_calls(c, CODE_TOOLS) for c in calls]
+    assert [p.calls[0].name for p in parsed] == ["write_file", "submit"]
+    assert not any(p.errors for p in parsed)
+    result, *_ = env.step(calls[0])  # write_file runs on the host: no sandbox needed
+    assert f"tool: {result[0]['content']}" in lines
