@@ -128,6 +128,13 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
         raise FileNotFoundError("ptgym rm needs data=PATH: a preference JSONL (ptgym prefs ...)")
     refuse_adapter(cfg.model, "rm")
     prefs = read_preferences(cfg.data, include_ties=cfg.include_ties)
+    if not prefs:
+        raise ValueError(f"{cfg.data} holds no trainable preferences (verdict 'chosen')")
+    if len({p.conversational for p in prefs}) > 1:
+        raise ValueError(
+            f"{cfg.data} mixes conversational and standard (string) records: a reward model "
+            "scores one rendering; split the file"
+        )
     out = Path(cfg.out or "runs/rm")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -184,28 +191,24 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
     last = fit(
         params, train_rows, cfg.trainer, loss_fn=loss_fn, evaluate=evaluate, out=out, log=log
     )
-    save_rm(model, tokenizer, cfg, out / "model")
+    render = "chat_template" if prefs[0].conversational else "prompt+response+eos"
+    save_rm(model, tokenizer, cfg, out / "model", render=render)
     log(f"saved the reward model to {out / 'model'}")
     return last
 
 
-def save_rm(model: Any, tokenizer: Any, cfg: RMCommand, folder: Path) -> None:
+def save_rm(model: Any, tokenizer: Any, cfg: RMCommand, folder: Path, *, render: str) -> None:
     """A plain transformers folder (LoRA merged), written to a temp folder and renamed."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.config._name_or_path = (
-        cfg.model.name
-    )  # the short name or Hub id, not this machine's cache path
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {
-        "base_model": cfg.model.name,
-        "render": "chat_template"
-        if getattr(tokenizer, "chat_template", None)
-        else "prompt+response+eos",
+        "base_model": cfg.model.name,  # the short name or Hub id, not this machine's cache path
+        "render": render,  # how rm_text rendered the training pairs; scorers must match
         "score": "last attended token (attention mask), either padding side",
         "padding_side": tokenizer.padding_side,
         "pad_token": tokenizer.pad_token,

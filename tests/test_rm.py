@@ -81,7 +81,7 @@ def test_checkpoint_loads_with_plain_transformers_and_scores_alike_left_and_righ
     _, _, folder = trained
     info = json.loads((folder / "ptgym_rm.json").read_text())
     assert info["base_model"] == "tiny"
-    assert json.loads((folder / "config.json").read_text()).get("_name_or_path", "tiny") == "tiny"
+    assert info["render"] == "chat_template" and str(folder.parent) not in json.dumps(info)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.pad_token_id != tok.eos_token_id and model.config.pad_token_id == tok.pad_token_id
@@ -146,3 +146,15 @@ def test_lora_checkpoint_is_merged_and_reproduces_the_held_out_scores(tmp_path):
     with torch.no_grad():
         s = scores(model.eval(), **encode_rm(tok, texts, 1024, "left"))
     assert s.mean().item() == pytest.approx(last["eval/mean_score"], abs=1e-4)
+
+
+def test_standard_records_are_recorded_as_plain_text_and_mixing_is_refused(tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, [Preference("Sky is", " blue", " red")] * 4)
+    args = [f"data={data}", "model=tiny", "trainer.max_steps=1", f"out={tmp_path / 'o'}"]
+    train_rm(compose(RMCommand, args), log=lambda _: None)
+    info = json.loads((tmp_path / "o" / "model" / "ptgym_rm.json").read_text())
+    assert info["render"] == "prompt+response+eos"
+    write_preferences(data, [synthetic_prefs(1)[0], Preference("Sky is", " blue", " red")])
+    with pytest.raises(ValueError, match="mixes conversational and standard"):
+        train_rm(compose(RMCommand, args), log=lambda _: None)
