@@ -22,6 +22,7 @@ from ptgym.sandbox.protocol import Channel, ChannelError
 from ptgym.sandbox.reaper import owner_labels
 
 SERVER_SOURCE = Path(__file__).with_name("server.py").read_text()
+PROCESSES_SOURCE = Path(__file__).with_name("processes.py").read_text()
 ZYGOTE_SOURCE = Path(__file__).with_name("zygote.py").read_text()
 WORK = "/work"
 REPLY_GRACE_S = 10.0  # slack over a call's own timeout before the host gives up on the server
@@ -299,7 +300,7 @@ def start_sandbox(client: docker.DockerClient, config: SandboxConfig, pool_id: s
     try:
         container = client.containers.create(
             config.image,
-            command=["python3", "-I", "-c", SERVER_SOURCE, ZYGOTE_SOURCE],
+            command=["python3", "-I", "-c", SERVER_SOURCE, PROCESSES_SOURCE, ZYGOTE_SOURCE],
             labels=owner_labels(pool_id),
             **config.create_kwargs(),
         )
