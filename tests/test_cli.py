@@ -132,6 +132,8 @@ def no_model_loads(monkeypatch):
         (["train", "model=tiny", "log.tensorboard=true"], "log.tensorboard=true"),
         (["train", "model=tiny", "log.wandb=true"], "log.wandb=true"),
         (["train", "model=tiny", "out=/proc/x"], "out=/proc/x"),
+        (["train", "lora.enabled=true", "model.adapter=/no/such/adapter"], "model.adapter="),
+        (["eval", "model.adapter=/no/such/adapter"], "model.adapter=/no/such/adapter"),
         (["rollout", "model=tiny", "out=/proc/x"], "out=/proc/x"),
         (["eval", "model=tiny", "out=/proc/x"], "out=/proc/x"),
     ],
