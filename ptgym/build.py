@@ -105,10 +105,19 @@ def _constructor_params(cls: Any) -> set[str] | None:
 
 
 def make_backend(rollout: RolloutConfig, model: Any, tokenizer: Any, model_name: str) -> Any:
+    if rollout.backend == "hf" and rollout.sampler == "int8":
+        from ptgym.agents.quantized import Int8Backend
+
+        return Int8Backend(model, tokenizer, max_batch_size=rollout.batch_size)
     if rollout.backend == "hf":
         from ptgym.agents.hf import HFBackend
 
         return HFBackend(model, tokenizer, max_batch_size=rollout.batch_size)
+    if rollout.sampler != "exact":
+        raise ConfigError(
+            f"rollout.sampler={rollout.sampler} needs rollout.backend=hf "
+            f"(got {rollout.backend}); other backends bring their own weights"
+        )
     if rollout.backend == "openai":
         from ptgym.agents.openai_backend import OpenAIBackend
 
@@ -117,7 +126,7 @@ def make_backend(rollout: RolloutConfig, model: Any, tokenizer: Any, model_name:
         return OpenAIBackend(rollout.base_url, tokenizer, model=model_name)
     from ptgym.agents.vllm_backend import VLLMBackend
 
-    return VLLMBackend(model_name, tokenizer)
+    return VLLMBackend(model_name, tokenizer, policy_model=model)
 
 
 def make_collector(

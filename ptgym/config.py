@@ -119,6 +119,12 @@ class RolloutConfig:
     batch_size: int = opt(32, "prompts per generation call")
     seed: int = opt(0, "seeds the tasks: task i of batch b uses seed + b * tasks + i")
     backend: str = opt("hf", "generation backend", choices=("hf", "openai", "vllm"))
+    sampler: str = opt(
+        "exact",
+        "hf backend's weights: exact = the trainer's own fp32 forward; int8 = a dynamically "
+        "quantized copy rebuilt each step (faster on a CPU; corrected by algo.correction)",
+        choices=("exact", "int8"),
+    )
     base_url: str | None = opt(None, "for backend=openai: the server's /v1 URL")
 
 
