@@ -48,7 +48,7 @@ def trajectory(
 ) -> Trajectory:
     """Member ``member`` of group ``group`` at ``step``: two turns, the first calls a tool."""
     rng = np.random.default_rng(step * 1000 + group * 10 + member)
-    a, b = 10 + group, step + member
+    a, b = 10 + group, step + group  # one prompt per group
     prompt = [
         {"role": "system", "content": "You are a careful calculator."},
         {"role": "user", "content": f"What is **{a} + {b}**? Show the code."},
