@@ -8,7 +8,13 @@ The baseline, in the same run, is one bare transformers ``generate`` over the sa
 collector sampled, without logits output: the cost of the tokens alone, with none of the
 collector's bookkeeping, logprobs, env steps or re-batching across turns.
 
+Then the fast CPU sampler (``rollout.sampler=int8``, issue 12) against the exact hf decoder on
+the same first-turn prompts and seeds: generated tokens/s of each, alternated ``--rounds`` times,
+and the int8 sampler's per-token KL to the trainer's fp32 forward pass (what the update's
+correction sees as ``rollout/sampler_kl``).
+
     python bench/bench_rollout.py [--tasks 4] [--group 4] [--max-new-tokens 64] [--attempts 1]
+                                  [--rounds 2] [--skip-sampler]
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.models import load_model
+from ptgym.agents.quantized import Int8Backend
 from ptgym.build import env_factory
 from ptgym.config import EnvConfig
+from ptgym.losses import sampler_is_weights, token_logprobs
 from ptgym.metrics import collect_metrics
 from ptgym.rollout import Budget, Collector
 
@@ -81,6 +89,8 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2, help="exact/int8 sampler alternations")
+    parser.add_argument("--skip-sampler", action="store_true", help="skip the int8 comparison")
     args = parser.parse_args()
 
     print(
@@ -150,7 +160,46 @@ def main() -> None:
     )
     print(f"  ratio collector / bare wall time:           {stats.total / bare:.2f}x")
     print(f"  ratio collector generate time / bare:       {stats.generation / bare:.2f}x")
+    if not args.skip_sampler:
+        compare_samplers(model, tokenizer, by_turn[0], args)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def compare_samplers(model, tokenizer, prompts: list[list[int]], args) -> None:
+    """tokens/s of the int8 sampler vs the exact decoder (same prompts, seeds), and its KL."""
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    seeds = list(range(len(prompts)))
+    exact = HFBackend(model, tokenizer, max_batch_size=args.batch_size)
+    fast = Int8Backend(model, tokenizer, max_batch_size=args.batch_size)
+    t = time.perf_counter()
+    fast.sync(0)
+    fast.generate(prompts[:1], SamplingParams(max_new_tokens=1))  # builds the int8 copy
+    print(
+        f"\nint8 sampler: copy built in {time.perf_counter() - t:.1f} s (once per policy version)"
+    )
+    rates: dict[str, list[float]] = {"exact": [], "int8": []}
+    outs = []
+    for _ in range(args.rounds):
+        for name, backend in (("exact", exact), ("int8", fast)):
+            t = time.perf_counter()
+            out = backend.generate(prompts, params, seeds)
+            rates[name].append(sum(len(o.token_ids) for o in out) / (time.perf_counter() - t))
+            if name == "int8":
+                outs = out
+    kls = []
+    for prompt, out in zip(prompts, outs, strict=True):
+        ids = torch.tensor([prompt + out.token_ids.tolist()])
+        with torch.no_grad():
+            logits = model(ids).logits / max(args.temperature, 1e-6)
+        lp = token_logprobs(logits[:, :-1], ids[:, 1:])[:, len(prompt) - 1 :]
+        q = torch.as_tensor(out.logprobs).view(1, -1)
+        kls.append(float(sampler_is_weights(lp, q, torch.ones_like(q))[1]["sampler_kl"]))
+    for name, r in rates.items():
+        print(f"  {name:5s} sampler: {' '.join(f'{x:6.1f}' for x in r)} tokens/s")
+    ratio = sorted(rates["int8"])[len(r) // 2] / sorted(rates["exact"])[len(r) // 2]
+    print(f"  int8 / exact tokens/s (median of rounds): {ratio:.2f}x")
+    print(f"  int8 sampler KL to the fp32 forward, per token: mean {sum(kls) / len(kls):.2e}, "
+          f"max {max(kls):.2e}")  # fmt: skip
 
 
 if __name__ == "__main__":
