@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from ptgym import checkpoint as ckpt
@@ -83,6 +84,8 @@ def _prepare_run_dir(cfg: TrainCommand) -> Path:
     run = Path(cfg.out)
     if (run / "config.yaml").exists():
         _refuse_another_run(run, cfg)
+    elif (run / "metrics.msgpack").exists() or (run / "trajectories").exists():
+        raise ConfigError(f"out={run} holds records but no config.yaml; choose another out=DIR")
     existing = ckpt.list_checkpoints(run)
     if existing and not cfg.resume:
         raise ConfigError(
@@ -100,12 +103,19 @@ def _prepare_run_dir(cfg: TrainCommand) -> Path:
 
 
 def _refuse_another_run(run: Path, cfg: TrainCommand) -> None:
+    """A run directory is reused only by the same training run (its records may be dropped)."""
     try:
+        trained = "trainer" in OmegaConf.load(run / "config.yaml")
         there = load_yaml(TrainCommand, run / "config.yaml")
     except Exception as exc:  # any config it cannot read is not this run
         raise ConfigError(
             f"out={run} holds a config.yaml this run cannot read ({exc}); choose another out=DIR"
         ) from None
+    if not trained:
+        raise ConfigError(
+            f"out={run} holds the output of another command (ptgym rollout or eval), not a "
+            "training run; choose another out=DIR"
+        )
     for key in SAME_RUN_KEYS:
         if _get(there, key) != _get(cfg, key):
             raise ConfigError(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ptgym import checkpoint as ckpt
-from ptgym.config import ConfigError, TrainCommand, compose
+from ptgym.config import ConfigError, RolloutCommand, TrainCommand, compose, to_yaml
 from ptgym.metrics import MetricsLogger, read_metrics
 from ptgym.notes import NOTES_FILE
 from ptgym.registry import register
@@ -191,9 +191,23 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_when_run_again(
 def test_resume_without_a_checkpoint_and_an_out_holding_another_run_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=rf"^resume=true, but out={tmp_path} holds no checkpoint"):
         train(config(tmp_path, 1, "resume=true"), log=lambda _: None)
-    (tmp_path / "config.yaml").write_text("env: {name: math}\nmodel: {name: tiny}\n")
+    (tmp_path / "config.yaml").write_text(to_yaml(compose(TrainCommand, ["env=math"])))
     with pytest.raises(
         ConfigError,
         match=rf"^out={tmp_path} holds a different run \(env\.name=math there, {INTERRUPTED} here\)",
     ):
         train(config(tmp_path, 1), log=lambda _: None)
+
+
+def test_train_refuses_an_out_holding_a_rollout_or_records_without_a_config(tmp_path):
+    """Starting over drops what an out= holds: only a training run's own records may go."""
+    rollout = tmp_path / "rollout"
+    (rollout / "trajectories").mkdir(parents=True)
+    cfg = compose(RolloutCommand, [f"env={INTERRUPTED}", "model=tiny"])
+    (rollout / "config.yaml").write_text(to_yaml(cfg))
+    with pytest.raises(ConfigError, match=rf"^out={rollout} holds the output of another command"):
+        train(config(rollout, 1), log=lambda _: None)
+    bare = tmp_path / "bare"
+    (bare / "trajectories").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=rf"^out={bare} holds records but no config\.yaml"):
+        train(config(bare, 1), log=lambda _: None)
