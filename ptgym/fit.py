@@ -141,6 +141,8 @@ def save_model(policy: Any, folder: str | Path, base: str) -> Path:
     if policy.use_lora:
         adapter = folder.with_name(f"{folder.name}-adapter")
         shutil.rmtree(adapter, ignore_errors=True)
+        for peft_cfg in model.peft_config.values():  # portable: the name, not this cache path
+            peft_cfg.base_model_name_or_path = base
         model.save_pretrained(adapter)
         model = model.merge_and_unload()
     tmp = folder.with_name(f".{folder.name}.tmp")

@@ -10,8 +10,9 @@ The mask covers what the model writes in each assistant turn, its content and en
 (``ptgym.prefdata.encode_messages``); system, user and tool text and the template's role headers
 carry no loss. The loss is ``ptgym.losses.sft_loss`` (token mean). ``packing=true`` concatenates
 whole rows into sequences of at most ``trainer.max_length`` tokens (first-fit decreasing, no row
-split): fewer pad tokens, but a packed row attends to the rows before it in its sequence, as in
-TRL's wrapped packing without position resets; leave it off when that matters.
+split): fewer pad tokens, but a packed row attends to the rows before it in its sequence (TRL's
+best-fit packing keeps rows apart with position resets, which needs a varlen attention kernel);
+leave it off when that matters.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ reward margin; IPO and SimPO run; the IPO loss on hand-computed numbers."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -100,7 +101,10 @@ def test_lora_run_saves_the_adapter_and_the_merged_model(tmp_path):
     )
     last = train_dpo(cfg, log=lambda _: None)
     assert math.isfinite(last["loss/loss"])
-    assert (tmp_path / "out" / "model-adapter" / "adapter_config.json").is_file()
+    adapter_cfg = json.loads(
+        (tmp_path / "out" / "model-adapter" / "adapter_config.json").read_text()
+    )
+    assert adapter_cfg["base_model_name_or_path"] == "tiny"
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
