@@ -239,6 +239,11 @@ async def test_token_view_decodes_with_the_runs_tokenizer(run: Path) -> None:
         await pilot.press("m")
         assert view.mode == "advantage"
         assert view._style(sampled[0]) == "white on rgb(40,210,40)"  # +1 of scale 1: full green
+        await pilot.press("end")
+        await pilot.hover("#token-text", offset=(1, 1))  # line 0: "── turn 1 ──", then "You"
+        await pilot.pause()
+        assert view.cursor == 0 and view.decoder.text(view.cells[0].id) == "You"
+        assert "not trained" in text_of(rollout.query_one("#token-info").content)
 
 
 def test_token_cells_mark_observation_tokens_and_restart_rows() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -143,6 +144,19 @@ def shown(text: str) -> str:
     return text.replace("\t", "→").replace("\n", "↵\n")
 
 
+class TokenText(Static):
+    """The tokens; hovering one moves the view's cursor to it (each token carries its index)."""
+
+    def on_mouse_move(self, event: Any) -> None:
+        token = (event.style.meta or {}).get("token") if event.style else None
+        if token is not None and isinstance(self.parent, VerticalScroll):
+            view = self.parent.parent
+            if isinstance(view, TokenView) and view.cursor != token:
+                view.hovering = True
+                view.cursor = token
+                view.hovering = False
+
+
 class TokenView(Vertical):
     """Tokens of one trajectory with a cursor; the line below describes the token under it."""
 
@@ -172,10 +186,11 @@ class TokenView(Vertical):
         self._spans: list[tuple[int, int]] = []
         self._base = Text()
         self._scale = 1.0
+        self.hovering = False  # the mouse moved the cursor: do not scroll under it
 
     def compose(self) -> Any:
         with VerticalScroll(id="tokens-scroll"):
-            yield Static(id="tokens")
+            yield TokenText(id="token-text")
         yield Static(id="token-info")
 
     def show(self, traj: Trajectory, advantages: list[float] | None = None) -> None:
@@ -192,12 +207,12 @@ class TokenView(Vertical):
         text = Text()
         self._spans = []
         turn = -1
-        for cell, piece in zip(self.cells, self._texts, strict=True):
+        for i, (cell, piece) in enumerate(zip(self.cells, self._texts, strict=True)):
             if cell.turn != turn:
                 turn = cell.turn
                 text.append(f"{'' if turn == 0 else chr(10)}── turn {turn + 1} ──\n", "bold")
             start = len(text)
-            text.append(piece, self._style(cell))
+            text.append(piece, Style.parse(self._style(cell)) + Style.from_meta({"token": i}))
             self._spans.append((start, len(text)))
         self._base = text
 
@@ -217,9 +232,10 @@ class TokenView(Vertical):
         if self.cells:
             start, end = self._spans[self.cursor]
             text.stylize("reverse bold underline", start, max(end, start + 1))
-        self.query_one("#tokens", Static).update(text)
+        self.query_one("#token-text", Static).update(text)
         self.query_one("#token-info", Static).update(self.describe(self.cursor))
-        self.call_after_refresh(self._follow)
+        if not self.hovering:
+            self.call_after_refresh(self._follow)
 
     def _follow(self) -> None:
         """Keep the cursor on screen. Its line is estimated by wrapping each text line at the
