@@ -399,6 +399,8 @@ def test_a_forked_python_call_behaves_like_a_fresh_interpreter(sandbox_pool):
             "ZeroDivisionError: division by zero\n",
         )
         assert py(sb, "import sys; sys.exit(3)").exit_code == 3
+        r = py(sb, "import sys\nsys.excepthook = lambda t, e, tb: print('hooked', t.__name__)\n1/0")
+        assert (r.exit_code, r.stdout, r.stderr) == (1, "hooked ZeroDivisionError\n", "")
         r = py(sb, "import sys; sys.exit('bye')")
         assert (r.exit_code, r.stderr) == (1, "bye\n")
         r = py(sb, "def f(:\n  pass")

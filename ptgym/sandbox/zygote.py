@@ -43,7 +43,7 @@ import string  # noqa: F401
 import struct
 import sys
 import threading
-import traceback
+import traceback  # noqa: F401
 import types
 import typing  # noqa: F401
 
@@ -138,8 +138,9 @@ def run(req, main):
     except SystemExit as e:
         status = exit_status(e.code)
     except BaseException as e:
-        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
-        traceback.print_exception(type(e), e, tb)
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None  # not run's frame
+        with contextlib.suppress(BaseException):
+            sys.excepthook(type(e), e, tb)  # the default prints the traceback, as python3 would
         status = 1
     # The interpreter's own exit, without finalising the fork server's modules.
     with contextlib.suppress(BaseException):
