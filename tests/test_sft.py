@@ -106,5 +106,10 @@ def test_reads_a_run_directory_with_the_reward_filter(tmp_path):
     store.close()
     assert read_conversations(str(tmp_path / "run"), min_reward=1.0) == [(CONV[1:3], 0)]
     assert len(read_conversations(str(tmp_path / "run"))) == 2
+    # ptgym's own exports, both conversational layouts, read as written
+    store.export_jsonl(tmp_path / "m.jsonl")
+    store.export_jsonl(tmp_path / "pc.jsonl", fmt="prompt-completion")
+    assert read_conversations(str(tmp_path / "m.jsonl"), min_reward=1.0) == [(CONV[1:3], 0)]
+    assert read_conversations(str(tmp_path / "pc.jsonl"), min_reward=1.0) == [(CONV[1:3], 1)]
     with pytest.raises(FileNotFoundError, match="nope does not exist"):
         read_conversations(str(tmp_path / "nope"))
