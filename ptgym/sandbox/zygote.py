@@ -140,7 +140,7 @@ def run(req, main):
     except BaseException as e:
         tb = e.__traceback__.tb_next if e.__traceback__ is not None else None  # not run's frame
         with contextlib.suppress(BaseException):
-            sys.excepthook(type(e), e, tb)  # the default prints the traceback, as python3 would
+            sys.excepthook(type(e), e.with_traceback(tb), tb)  # prints it, as python3 would
         status = 1
     # The interpreter's own exit, without finalising the fork server's modules.
     with contextlib.suppress(BaseException):
