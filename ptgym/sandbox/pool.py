@@ -13,6 +13,9 @@ verified clean, then idle again. It is replaced by a fresh one, started in the b
 ``max_uses`` leases, on any anomaly (a call that raised ``SandboxError``, a reset that left
 residue) or when the health check fails.
 
+Callers are served first come, first served: a container that becomes idle (or a free slot) is
+handed to the oldest waiter, so no caller starves while others loop on lease.
+
 ``lease(fresh=True)`` (hidden-test grading) hands out a container that has never been leased,
 starting one when none is idle, and destroys it afterwards: hidden tests run where no agent code
 ran before, and no agent code ever runs where hidden tests ran. Ordinary leases prefer used
