@@ -5,7 +5,8 @@
 Each episode is one of the 164 HumanEval problems (Chen et al., 2021). The agent works in a
 workspace that starts with ``solution.py`` holding the prompt (signature + docstring), calls
 tools to write, run and check code, and calls ``submit()`` when done. The hidden tests (the
-problem's ``check``) then run in a freshly reset sandbox on a copy of ``solution.py``; they are
+problem's ``check``) then run on a copy of ``solution.py`` in a fresh sandbox (a container no
+agent code ran in, destroyed afterwards: ``SandboxPool.lease(fresh=True)``); they are
 sent to the grader on stdin and never exist where the agent's code could reach them, and the
 verdict comes from a judge process the solution cannot touch (``ptgym.envs.humaneval_grader``).
 
@@ -50,8 +51,8 @@ message per call (``name`` and ``tool_call_id`` set) or one ``role="user"`` remi
 
 On ``submit``: the fraction of hidden tests passed. Tests are HumanEval's asserts, one per
 top-level assert of ``check`` that calls the solution (rule in ``ptgym.envs.humaneval_grader``);
-164 problems, 1133 tests; all
-164 canonical solutions score 1.0. Every step also adds ``-tool_call_penalty`` per tool call.
+164 problems, 1133 tests; all 164 canonical solutions score 1.0, and a solution that does not
+load scores 0. Every step also adds ``-tool_call_penalty`` per tool call.
 An episode that ends without ``submit`` earns only the penalties.
 
 ## Episode end
