@@ -298,3 +298,20 @@ def test_log_lines_are_single_json_objects(run: Path) -> None:
     lines = (run / JUDGMENTS_FILE).read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(x)["v"] == 1 for x in lines)
     assert os.path.getsize(run / JUDGMENTS_FILE) == sum(len(x) + 1 for x in lines)
+
+
+@pytest.mark.slow
+def test_an_export_of_tool_using_conversations_trains_rm_and_dpo(tmp_path: Path) -> None:
+    """The issue's end to end: rank pairs of a run, export, and `ptgym rm` / `ptgym dpo` accept
+    the file (conversations with tool calls and tool results, rendered by the real template)."""
+    from ptgym.cli import main
+
+    make_run(tmp_path / "run", steps=2, groups=2, members=3, tokenize=True)
+    _rank(tmp_path / "run", "ann", ["left", "right"] * 5).close()
+    data = tmp_path / "prefs.jsonl"
+    assert export(tmp_path / "run", data) == 10
+    common = ["model=tiny", "trainer.max_steps=1", "trainer.eval_fraction=0"]
+    assert main(["dpo", f"data={data}", *common, f"out={tmp_path / 'dpo'}"]) == 0
+    assert main(["rm", f"data={data}", *common, f"out={tmp_path / 'rm'}"]) == 0
+    assert (tmp_path / "dpo" / "model" / "config.json").is_file()
+    assert (tmp_path / "rm" / "model" / "config.json").is_file()
