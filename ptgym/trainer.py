@@ -14,6 +14,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,9 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         for step in bar:
             last, trajs = _one_step(step, cfg, policy, collector, update, store, notes)
             last["lr"] = scheduler.get_last_lr()[0]
-            scheduler.step()
+            with warnings.catch_warnings():  # a step without an update (all dropped) still counts
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                scheduler.step()
             if held_out is not None and (step + 1) % cfg.trainer.eval_every == 0:
                 last.update(held_out(step + 1))
             metrics.log(step + 1, last)
