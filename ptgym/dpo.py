@@ -26,7 +26,7 @@ from ptgym.fit import fit, mean_stats, refuse_adapter, save_model, split
 from ptgym.losses import dpo_loss, ipo_loss, sequence_logprobs, simpo_loss
 from ptgym.prefconfig import DPOCommand
 from ptgym.prefdata import Encoded, encode_side, pad, renderer_for, truncate
-from ptgym.prefs import Preference, read_preferences
+from ptgym.prefs import Preference, read_training_pairs
 
 Pair = tuple[Encoded, Encoded]
 
@@ -88,7 +88,7 @@ def train_dpo(cfg: DPOCommand, *, log: Any = print) -> dict[str, float]:
     if not cfg.data:
         raise FileNotFoundError("ptgym dpo needs data=PATH: a preference JSONL (ptgym prefs ...)")
     refuse_adapter(cfg.model, "dpo")
-    prefs = read_preferences(cfg.data, include_ties=cfg.include_ties)
+    prefs = read_training_pairs(cfg.data, include_ties=cfg.include_ties)
     out = Path(cfg.out or "runs/dpo")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))

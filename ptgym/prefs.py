@@ -272,3 +272,19 @@ def pairs_from_run(
             )
         )
     return out
+
+
+def read_training_pairs(source: Any, *, include_ties: bool = False) -> list[Preference]:
+    """``read_preferences`` for a trainer: refuses a source with nothing to train on, and says
+    why when its pairs are still unranked."""
+    prefs = read_preferences(source, include_ties=include_ties)
+    if not prefs:
+        everything = read_preferences(source, labels=LABELS)
+        unranked = sum(p.label == "unranked" for p in everything)
+        hint = (
+            f"; {unranked} are unranked: label them with `ptgym prefs judge` or `ptgym tui rank`"
+            if unranked
+            else ""
+        )
+        raise ValueError(f"{source} holds no trainable preferences (verdict 'chosen'){hint}")
+    return prefs

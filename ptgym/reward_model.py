@@ -29,7 +29,7 @@ from ptgym.config import to_yaml
 from ptgym.fit import fit, mean_stats, refuse_adapter, split
 from ptgym.losses import bradley_terry_loss
 from ptgym.prefconfig import RMCommand
-from ptgym.prefs import Preference, read_preferences
+from ptgym.prefs import Preference, read_training_pairs
 
 RM_INFO = "ptgym_rm.json"
 
@@ -127,9 +127,7 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
     if not cfg.data:
         raise FileNotFoundError("ptgym rm needs data=PATH: a preference JSONL (ptgym prefs ...)")
     refuse_adapter(cfg.model, "rm")
-    prefs = read_preferences(cfg.data, include_ties=cfg.include_ties)
-    if not prefs:
-        raise ValueError(f"{cfg.data} holds no trainable preferences (verdict 'chosen')")
+    prefs = read_training_pairs(cfg.data, include_ties=cfg.include_ties)
     if len({p.conversational for p in prefs}) > 1:
         raise ValueError(
             f"{cfg.data} mixes conversational and standard (string) records: a reward model "

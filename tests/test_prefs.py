@@ -8,7 +8,13 @@ import json
 import datasets
 import pytest
 
-from ptgym.prefs import Preference, read_preferences, to_dataset, write_preferences
+from ptgym.prefs import (
+    Preference,
+    read_preferences,
+    read_training_pairs,
+    to_dataset,
+    write_preferences,
+)
 
 USER = {"role": "user", "content": "Name a colour."}
 SYS = {"role": "system", "content": "Be brief."}
@@ -148,6 +154,8 @@ def test_prefs_pairs_from_a_rollout_run(tmp_path):
         assert p.prompt[-1]["role"] == "user" and p.chosen[0]["role"] == "assistant"
         assert p.run == str(run) and p.chosen_id != p.rejected_id and p.task_id
     assert len({p.task_id for p in pairs}) == 3  # one pair per prompt
+    with pytest.raises(ValueError, match="3 are unranked: label them with `ptgym prefs judge`"):
+        read_training_pairs(tmp_path / "pairs.jsonl")
     assert main(["prefs", "pairs", str(run), "per_grup=1"]) == 2  # "did you mean per_group"
 
 
