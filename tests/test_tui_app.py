@@ -22,7 +22,7 @@ from ptgym.tui.screens.help import HelpScreen
 from ptgym.tui.screens.runs import RunsScreen
 
 
-async def until(pilot, cond, timeout: float = 10.0) -> None:
+async def until(pilot, cond, timeout: float = 30.0) -> None:
     """Let the app run until ``cond()`` holds (workers post their results asynchronously)."""
     deadline = time.monotonic() + timeout
     while not cond():

@@ -33,7 +33,7 @@ from ptgym.tui.widgets.chart import MetricChart
 GIB = 2**30
 
 
-async def until(pilot, cond, timeout: float = 10.0) -> None:
+async def until(pilot, cond, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
