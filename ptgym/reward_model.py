@@ -78,6 +78,22 @@ def scores(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     return hf.score(last).squeeze(-1).float()  # (B,)
 
 
+def rm_loss(
+    chosen: Tensor, rejected: Tensor, margin: Tensor | None = None, *, center: float = 0.0
+) -> tuple[Tensor, dict]:
+    """``-mean log sigmoid(r_w - r_l - margin) + center * mean((r_w + r_l)^2)``, inputs (B,).
+
+    The margin term is Llama 2's (Touvron et al. 2023, eq. 2); the centering term Eisenstein et
+    al. 2023's. Stats: ``accuracy`` and ``margin`` of the raw scores (without the record margin).
+    """
+    loss, stats = bradley_terry_loss(chosen - (0.0 if margin is None else margin), rejected)
+    stats["accuracy"] = (chosen > rejected).float().mean().detach()
+    stats["margin"] = (chosen - rejected).mean().detach()
+    if center > 0:
+        loss = loss + center * ((chosen + rejected) ** 2).mean()
+    return loss, stats
+
+
 def load_rm_base(cfg: RMCommand) -> tuple[Any, Any]:
     """The sequence-classification model on the base LM, and its tokenizer (pad != eos)."""
     from transformers import AutoModelForSequenceClassification
@@ -155,12 +171,7 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
 
     def loss_fn(rows: list) -> tuple[Tensor, dict]:
         chosen, rejected, margin = forward(rows)
-        loss, stats = bradley_terry_loss(chosen - (margin if cfg.use_margin else 0.0), rejected)
-        stats["accuracy"] = (chosen > rejected).float().mean().detach()
-        stats["margin"] = (chosen - rejected).mean().detach()
-        if cfg.center > 0:
-            loss = loss + cfg.center * ((chosen + rejected) ** 2).mean()
-        return loss, stats
+        return rm_loss(chosen, rejected, margin if cfg.use_margin else None, center=cfg.center)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:

@@ -4,6 +4,7 @@ scores the same whichever side is padded."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -11,7 +12,15 @@ import torch
 
 from ptgym.config import compose
 from ptgym.prefs import Preference, write_preferences
-from ptgym.reward_model import RMCommand, encode_rm, last_attended, rm_text, scores, train_rm
+from ptgym.reward_model import (
+    RMCommand,
+    encode_rm,
+    last_attended,
+    rm_loss,
+    rm_text,
+    scores,
+    train_rm,
+)
 
 WORDS = [
     "apple",
@@ -41,6 +50,20 @@ def synthetic_prefs(n: int, seed: int = 0) -> list[Preference]:
         rejected = [{"role": "assistant", "content": f"{body} {rng.choice(WORDS)}"}]
         out.append(Preference(prompt, chosen, rejected, annotator="synthetic"))
     return out
+
+
+def test_rm_loss_with_margin_and_centering_by_hand():
+    chosen, rejected = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.5])
+    margin = torch.tensor([0.5, 0.0])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    plain = -(math.log(sig(1.0)) + math.log(sig(-1.5))) / 2
+    assert rm_loss(chosen, rejected)[0].item() == pytest.approx(plain, abs=1e-6)
+    with_margin = -(math.log(sig(0.5)) + math.log(sig(-1.5))) / 2
+    assert rm_loss(chosen, rejected, margin)[0].item() == pytest.approx(with_margin, abs=1e-6)
+    centred = plain + 0.1 * (3.0**2 + 0.5**2) / 2
+    loss, stats = rm_loss(chosen, rejected, center=0.1)
+    assert loss.item() == pytest.approx(centred, abs=1e-6)
+    assert stats["accuracy"].item() == 0.5 and stats["margin"].item() == pytest.approx(-0.25)
 
 
 def test_last_attended_either_side():
