@@ -4,6 +4,8 @@ a rollout's conversation and tokens (real tokenizer), compare, copy; snapshots; 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -347,3 +349,38 @@ async def test_token_cursor_stays_on_screen_in_a_long_trajectory(tmp_path: Path)
         assert scroll.scroll_offset.y >= scroll.max_scroll_y - scroll.size.height
         await pilot.press("home")
         await until(pilot, lambda: scroll.scroll_offset.y == 0, "the view back at the top")
+
+
+@pytest.mark.anyio
+async def test_in_the_ptgym_app_keys_reach_the_list_not_the_filter_box(run: Path) -> None:
+    from ptgym.tui.app import PtgymApp
+
+    app = PtgymApp(run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, RolloutsScreen), "the rollouts view")
+        screen = app.screen
+        await listed(pilot, screen)
+        assert isinstance(screen.focused, RolloutTable)
+        await pilot.press("o", "down", "enter")
+        assert screen.sort_key == "step" and screen.query_one("#filter").value == ""
+        await until(pilot, lambda: isinstance(app.screen, RolloutScreen), "the rollout")
+        assert isinstance(app.screen.focused, Conversation)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_real_terminal_keys_reach_the_list(run: Path) -> None:
+    """In a real terminal the screen's first focus decides where keys go (Pilot differs)."""
+    from tests.test_tui_rank import Tmux
+
+    root = Path(__file__).resolve().parents[1]
+    command = f"cd {root} && exec env -u COLUMNS -u LINES {sys.executable} -m ptgym.cli tui {run}"
+    term = Tmux(f"ptgym-rollouts-{os.getpid()}", command)
+    try:
+        term.wait_for("12 of 12 rollouts")
+        term.send("o")
+        term.wait_for("sort step")
+        term.send("Enter")
+        term.wait_for("turn 1: reward")
+    finally:
+        term.close()

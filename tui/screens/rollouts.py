@@ -113,6 +113,7 @@ def jump_position(summaries: Any, order: np.ndarray, step: int) -> int | None:
 class RolloutsScreen(Screen[None]):
     """The list of a run's rollouts."""
 
+    AUTO_FOCUS = "#table"  # not the filter box: keys must reach the list
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter"),
         Binding("o", "sort", "Sort"),
@@ -265,6 +266,7 @@ def advantages(index: RunIndex, trajectory_id: str) -> list[float] | None:
 class RolloutScreen(Screen[None]):
     """One rollout: its conversation, or its tokens (``v`` switches)."""
 
+    AUTO_FOCUS = "#messages"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("v", "switch_view", "Conversation/tokens"),
