@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   ptgym eval env=math tasks=50 k=4
   ptgym envs list
   ptgym sandbox build && ptgym train env=code-tools trainer.steps=2
+  ptgym tui                                     runs under ./runs: rollouts, monitor, rank
+  ptgym tui monitor runs/math                   follow a training run: curves, GPU/CPU
 """
 
 
