@@ -18,8 +18,9 @@ from rich.console import Console
 from textual.app import App
 
 from ptgym.judgments import RankSession, read_log
+from ptgym.store import TrajectoryStore
 from ptgym.tui.screens.rank import RankHelp, RankScreen
-from tests.run_factory import events, make_run
+from tests.run_factory import events, make_run, trajectory
 
 MEMBER = re.compile(r"\(member\s+(\d)\)")
 
@@ -142,6 +143,29 @@ async def test_help_guidelines_and_the_end_of_the_queue(tmp_path: Path) -> None:
         await pilot.press("1")  # nothing left to judge: no event
         await pilot.pause()
     assert [e["choice"] for e in events(tmp_path / "r")] == ["right"]
+
+
+@pytest.mark.anyio
+async def test_space_pages_both_long_answers_together(tmp_path: Path) -> None:
+    run = tmp_path / "long"
+    run.mkdir()
+    store = TrajectoryStore(run)
+    for m in range(2):
+        t = trajectory(1, 0, m)
+        t.messages[-1]["content"] = "\n\n".join(f"line {k} of answer {m}" for k in range(80))
+        store.append(t)
+    store.close()
+    screen = RankScreen(run, "ann")
+    async with Host(screen).run_test(size=(100, 30)) as pilot:
+        await ready(pilot, screen)
+        left, right = screen.query_one("#left"), screen.query_one("#right")
+        assert left.scroll_y == right.scroll_y == 0
+        await pilot.press("space")
+        await pilot.pause()
+        assert left.scroll_y > 0 and left.scroll_y == right.scroll_y
+        await pilot.press("pageup")
+        await pilot.pause()
+        assert left.scroll_y == right.scroll_y == 0
 
 
 @pytest.mark.anyio

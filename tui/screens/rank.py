@@ -76,6 +76,7 @@ class RankHelp(ModalScreen[None]):
 class RankScreen(Screen[None]):
     """Pairwise ranking of one run's responses by one annotator."""
 
+    AUTO_FOCUS = None  # every key goes to the screen's bindings (a focused pane would eat pgdn)
     BINDINGS = [
         Binding("1", "judge('left')", "Left better"),
         Binding("2", "judge('right')", "Right better"),
