@@ -13,6 +13,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import ptgym
+from ptgym.advantages import select_trainable
 from ptgym.agents.chat import ChatRenderer
 from ptgym.cli import main
 from ptgym.envs.chat import DEFAULT_PROMPTS, ChatEnv, load_prompts
@@ -151,6 +152,12 @@ def test_a_failing_scorer_marks_the_episode_error_instead_of_scoring_it(tmp_path
     assert len(trajs) == 6
     assert all(t.error and "rm gave nan" in t.error for t in trajs)
     assert all(t.reward == 0.0 and "score/rm" not in t.metrics for t in trajs)
+    keep = select_trainable(
+        [t.reward for t in trajs],
+        [t.group_id for t in trajs],
+        errors=[bool(t.error) for t in trajs],
+    )
+    assert not keep.any()  # the trainer drops every one of them
 
 
 def test_scores_of_one_source_are_normalised_by_its_running_stats(tmp_path, other_template_rm):

@@ -118,6 +118,7 @@ def judge_env(spec: str) -> ChatEnv:
     return ChatEnv(reward=f"judge:{spec}", normalize=False, judge={"max_new_tokens": 16})
 
 
+@pytest.mark.slow
 def test_a_judge_episode_through_ptgym_serve_is_scored_on_the_rubric(served_judges):
     env = judge_env(served_judges["trained"])
     env.reset(options={"index": 0})
@@ -127,6 +128,7 @@ def test_a_judge_episode_through_ptgym_serve_is_scored_on_the_rubric(served_judg
     assert info["score/judge"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_a_judge_that_gives_no_verdict_is_an_error_not_a_score(served_judges):
     env = judge_env(served_judges["untrained"])
     env.reset(options={"index": 0})
@@ -135,6 +137,7 @@ def test_a_judge_that_gives_no_verdict_is_an_error_not_a_score(served_judges):
     assert "no verdict" in info["error"] and "score/judge" not in info
 
 
+@pytest.mark.slow
 def test_prefs_judge_scores_a_position_biased_judge_as_ties(tmp_path, served_judges):
     prompt = [{"role": "user", "content": "Name a colour."}]
     pairs = [
