@@ -109,8 +109,12 @@ class RolloutConfig:
     )
     ray_actors: int = opt(2, "with collector=ray: env-worker actors", minimum=1)
     ray_num_cpus: float = opt(0.25, "with collector=ray: CPUs each env actor reserves", minimum=0)
-    ray_docker: bool = opt(
-        False, "with collector=ray: env actors need the custom resource docker=1 (sandbox nodes)"
+    ray_docker: float = opt(
+        0.0,
+        "with collector=ray: the share of a Docker node's 'docker' resource each env actor takes "
+        "(0 = none; 0.25: at most 4 sandbox actors on a node started with --resources "
+        "'{\"docker\": 1}')",
+        minimum=0,
     )
     ray_max_restarts: int = opt(3, "with collector=ray: restarts of a dead env actor", minimum=0)
     ray_address: str | None = opt(

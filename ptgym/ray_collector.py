@@ -36,7 +36,7 @@ import gymnasium
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ptgym.config import EnvConfig, RolloutConfig
+from ptgym.config import ConfigError, EnvConfig, RolloutConfig
 from ptgym.runners import EnvResult, call_env
 from ptgym.types import Action
 
@@ -130,6 +130,7 @@ class RayRunner:
         threads: int = 8,
         max_restarts: int = 3,
         address: str | None = None,
+        ready_timeout_s: float = 120.0,
     ):
         self._own_ray = not ray.is_initialized()
         if self._own_ray:
@@ -149,15 +150,26 @@ class RayRunner:
         worker = ray.remote(EnvWorker)
         self.actors = [worker.options(**options).remote(make_env) for _ in range(actors)]
         self.num_cpus, self.resources = num_cpus, dict(resources or {})
-        self.max_restarts = max_restarts
+        try:  # an actor the cluster cannot place would leave its episodes waiting forever
+            self.places = ray.get([a.where.remote() for a in self.actors], timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            for a in self.actors:
+                ray.kill(a, no_restart=True)
+            self.actors = []
+            need = {"CPU": num_cpus, **self.resources}
+            raise ConfigError(
+                f"the Ray cluster could not place {actors} env actors needing {need} each within "
+                f"{ready_timeout_s:g} s: lower rollout.ray_actors, rollout.ray_num_cpus or "
+                "rollout.ray_docker, or add nodes (`ray status` shows what is free)"
+            ) from None
         self._slots: dict[ray.ObjectRef, int] = {}  # calls in flight -> their slot
         self._lost: set[int] = set()  # slots whose last call was lost with its actor
 
     def reset(self, slot: int, seed: int, options: dict[str, Any] | None) -> ray.ObjectRef:
         method = self.actors[slot % len(self.actors)].reset
-        if slot in self._lost:  # a retry: let Ray hold it until the restarted actor is up
-            self._lost.discard(slot)
-            method = method.options(max_task_retries=self.max_restarts)
+        if slot in self._lost:  # a retry: Ray resubmits it until the restarted actor is up
+            self._lost.discard(slot)  # (bounded: once restarts run out, the actor is dead)
+            method = method.options(max_task_retries=-1)
         ref = method.remote(slot, seed, options)
         self._slots[ref] = slot
         return ref
@@ -190,8 +202,7 @@ class RayRunner:
         """One start-up line: the cluster's nodes and where the env actors landed."""
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)
-        places = ray.get([a.where.remote() for a in self.actors])
-        per_host = Counter(p["host"] for p in places)
+        per_host = Counter(p["host"] for p in self.places)
         spread = ", ".join(f"{host}: {n}" for host, n in sorted(per_host.items()))
         extra = f" + {self.resources}" if self.resources else ""
         return (
@@ -219,7 +230,7 @@ def ray_runner(rollout: RolloutConfig, env: EnvConfig, *, split: str = "train") 
         RegistryEnv(env, split),
         actors=rollout.ray_actors,
         num_cpus=rollout.ray_num_cpus,
-        resources={"docker": 1} if rollout.ray_docker else None,
+        resources={"docker": rollout.ray_docker} if rollout.ray_docker else None,
         threads=rollout.env_workers,
         max_restarts=rollout.ray_max_restarts,
         address=rollout.ray_address,
