@@ -153,14 +153,19 @@ class RayRunner:
         try:  # an actor the cluster cannot place would leave its episodes waiting forever
             self.places = ray.get([a.where.remote() for a in self.actors], timeout=ready_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            for a in self.actors:
-                ray.kill(a, no_restart=True)
-            self.actors = []
+            self._kill()
             need = {"CPU": num_cpus, **self.resources}
             raise ConfigError(
                 f"the Ray cluster could not place {actors} env actors needing {need} each within "
                 f"{ready_timeout_s:g} s: lower rollout.ray_actors, rollout.ray_num_cpus or "
                 "rollout.ray_docker, or add nodes (`ray status` shows what is free)"
+            ) from None
+        except RayError as exc:  # e.g. the env's module cannot be imported on that node
+            self._kill()
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise ConfigError(
+                f"the env actors failed to start ({lines[-1] if lines else type(exc).__name__}); "
+                "the env must be importable on every Ray node: install its package there"
             ) from None
         self._slots: dict[ray.ObjectRef, int] = {}  # calls in flight -> their slot
         self._lost: set[int] = set()  # slots whose last call was lost with its actor
@@ -210,6 +215,11 @@ class RayRunner:
             f"({self.num_cpus:g} CPU{extra} each) on {spread}"
         )
 
+    def _kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
     def close(self) -> None:
         """Close every env (sandbox pools remove their containers), end the actors, and stop
         Ray if this runner started it."""
@@ -217,9 +227,7 @@ class RayRunner:
             return
         closing = [a.close.remote() for a in self.actors]
         ray.wait(closing, num_returns=len(closing), timeout=60)  # each ends as its actor exits
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
-        self.actors = []
+        self._kill()
         if self._own_ray:
             ray.shutdown()
 

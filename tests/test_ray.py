@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -319,3 +320,62 @@ def test_actors_the_cluster_cannot_place_are_a_config_error_not_a_hang(local_ray
     while ray.available_resources().get("docker") != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("docker") == 1
+
+
+class LockedError(RuntimeError):
+    """An exception that cannot be pickled (it holds a lock), as third-party errors may."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class UnpicklableErrorEnv(SlowEnv):
+    """Seed 1's step raises ``LockedError``; seed 2's step returns an info holding a lock."""
+
+    def __init__(self):
+        super().__init__({}, [])
+
+    def step(self, action):
+        if self.seed == 1:
+            raise LockedError("judge crashed")
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.seed == 2:
+            info = {**info, "handle": threading.Lock()}
+        return obs, reward, terminated, truncated, info
+
+
+def test_an_env_the_actors_cannot_import_is_a_config_error(local_ray):
+    """This module is not importable in the workers (pytest put it on this process's path only),
+    so an env class defined here cannot be made there: one message, no actor left."""
+    with pytest.raises(ConfigError, match=r"failed to start .*No module named"):
+        RayRunner(UnpicklableErrorEnv, actors=1, ready_timeout_s=60)
+
+
+def test_env_errors_cross_the_actor_boundary_as_plain_text(local_ray, tiny):
+    """An unpicklable exception becomes the same error text as in the local collector; values
+    that do not pickle fail their own episode with a message, not the batch."""
+    backend, tokenizer = tiny
+    renderer = ChatRenderer(tokenizer)
+    sampling = SamplingParams(max_new_tokens=4, temperature=1.0)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship the class itself
+    try:
+        runner = RayRunner(UnpicklableErrorEnv, actors=1, threads=2)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    handles, pids = list(runner.actors), actor_pids(runner)
+    remote = Collector(backend, renderer, None, sampling, Budget(max_turns=1), runner=runner)
+    try:
+        ok, raised, unpicklable = remote.collect([0, 1, 2], 1)
+    finally:
+        remote.close()
+    assert_gone(handles, pids)
+    assert ok.error is None and ok.info["end"] == "max_turns"
+    assert raised.error == "LockedError: judge crashed" and not raised.info.get("infra_error")
+    assert "LockedError" in raised.info["traceback"]
+    assert unpicklable.error.startswith("the env returned values that do not pickle")
+    local = Collector(backend, renderer, UnpicklableErrorEnv, sampling, Budget(max_turns=1))
+    try:
+        assert local.collect([0, 1, 2], 1)[1].error == raised.error
+    finally:
+        local.close()
