@@ -7,6 +7,7 @@ Each subcommand is a small function; heavy imports (torch, docker) happen inside
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import fields
@@ -43,7 +44,7 @@ def describe(schema: type) -> list[str]:
 
 
 def config_epilog(schema: type) -> str:
-    groups = [f"  {g}=  {', '.join(C.group_choices(g))}" for g in C.valid_groups(schema)]
+    groups = [f"  {g}=  {', '.join(C.group_choices(g, schema))}" for g in C.valid_groups(schema)]
     groups[0] += "  (or any env from `ptgym envs list`)" if groups else ""
     aliases = [
         f"{k} -> {v}"
@@ -176,6 +177,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ptgym.agents.serve import serve
 
     serve(model=args.model, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_ray_status(args: argparse.Namespace) -> int:
+    if not C._installed("ray"):
+        raise C.ConfigError("ray-status needs Ray: pip install 'ptgym[ray]'")
+    from ptgym.ray_collector import cluster_status
+
+    try:
+        lines = cluster_status(args.address)
+    except ConnectionError:
+        where = args.address or os.environ.get("RAY_ADDRESS") or "on this machine"
+        raise C.ConfigError(
+            f"no Ray cluster {where}: start one with `ray start --head`, "
+            "or pass --address HOST:PORT / set RAY_ADDRESS"
+        ) from None
+    print("\n".join(lines))
     return 0
 
 
@@ -358,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(fn=cmd_serve)
+
+    rs = sub.add_parser("ray-status", help="a Ray cluster's nodes and ptgym's env actors on them")
+    rs.add_argument("--address", default=None, help="the cluster (default: RAY_ADDRESS)")
+    rs.set_defaults(fn=cmd_ray_status)
 
     tui = sub.add_parser(
         "tui",

@@ -232,8 +232,25 @@ ALIASES = {
 }
 
 
-def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def group_choices(group: str, schema: type | None = None) -> list[str]:
+    """The presets of a config group; with ``schema``, only those whose values that command's
+    fields accept (``algo=dpo`` is a preset of ``ptgym dpo``, not of ``ptgym train``)."""
+    names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    if schema is None:
+        return names
+    specs = dict(field_specs(schema))
+
+    def fits(name: str) -> bool:
+        section = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"))
+        values = section.get(group) if isinstance(section, dict) else None
+        for key, value in (values or {}).items():
+            spec = specs.get(f"{group}.{key}")
+            choices = spec.metadata.get("choices") if spec is not None else None
+            if spec is None or (choices and value not in choices):
+                return False
+        return True
+
+    return [n for n in names if fits(n)]
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
@@ -255,8 +272,13 @@ def compose(schema: type, args: list[str]) -> Any:
     valid = _keys(schema)
     sections = {f.name for f in fields(schema)}
     for key, value in pairs:
-        if key in GROUPS and key in valid_groups(schema):
-            preset = _group_preset(key, value)
+        if key in GROUPS and key not in valid_groups(schema):
+            raise ConfigError(
+                f"{key}= does not apply to this command; its config groups: "
+                f"{', '.join(valid_groups(schema)) or 'none'}"
+            )
+        if key in GROUPS:
+            preset = _group_preset(key, value, schema)
             # A preset may also set sections this command lacks (model=tiny sets trainer.lr).
             preset = OmegaConf.masked_copy(preset, [k for k in preset if k in sections])
             cfg = _merge(cfg, preset, f"{key}={value}", valid)
@@ -272,9 +294,9 @@ def valid_groups(schema: type) -> list[str]:
     return [g for g in GROUPS if any(f.name == g for f in fields(schema))]
 
 
-def _group_preset(group: str, choice: str) -> Any:
+def _group_preset(group: str, choice: str, schema: type) -> Any:
     path = CONF_DIR / group / f"{choice}.yaml"
-    if path.exists():
+    if path.exists() and (group != "algo" or choice in group_choices(group, schema)):
         return OmegaConf.load(path)
     if group == "env":
         from ptgym.registry import resolve
@@ -284,7 +306,7 @@ def _group_preset(group: str, choice: str) -> Any:
     if group == "model":  # a local folder or a Hugging Face id: checked when loaded
         return OmegaConf.create({"model": {"name": choice}})
     raise ConfigError(
-        _unknown(f"{group}={choice}", choice, group_choices(group), f"{group} choices")
+        _unknown(f"{group}={choice}", choice, group_choices(group, schema), f"{group} choices")
     )
 
 

@@ -56,8 +56,8 @@ def test_train_help_shows_defaults_groups_and_short_keys():
     assert re.search(
         r"^  trainer\.steps=20 +optimizer steps \(one rollout batch each\)$", out, re.M
     )
-    assert f"algo=  {', '.join(C.group_choices('algo'))}" in out
-    assert {"dr-grpo", "grpo", "ppo"} <= set(C.group_choices("algo"))
+    assert f"algo=  {', '.join(C.group_choices('algo', C.TrainCommand))}" in out
+    assert C.group_choices("algo", C.TrainCommand) == ["dr-grpo", "grpo", "ppo"]
     assert "short keys: tasks -> rollout.tasks, group -> rollout.group, k -> rollout.group" in out
 
 

@@ -201,3 +201,13 @@ def test_help_survives_ruff_format():
     assert "model.adapter=None" in lines and "a PEFT LoRA folder" in lines
     assert "lora.target_modules=" in lines and "modules that get adapters" in lines
     assert "[grpo | ppo]" in lines
+
+
+def test_train_lists_only_the_rl_algorithms_and_refuses_the_preference_ones():
+    assert C.group_choices("algo", C.TrainCommand) == ["dr-grpo", "grpo", "ppo"]
+    assert error(["algo=dpo"]).startswith("unknown 'algo=dpo'.")
+
+
+def test_a_group_the_command_lacks_is_refused():
+    with pytest.raises(C.ConfigError, match="algo= does not apply to this command"):
+        C.compose(C.EvalCommand, ["algo=ppo"])
