@@ -173,3 +173,19 @@ def test_scores_of_one_source_are_normalised_by_its_running_stats(tmp_path, othe
         mean, std = np.mean(raw[:n]), np.std(raw[:n])
         assert rewards[n - 1] == pytest.approx((raw[n - 1] - mean) / (std + 1e-6), abs=1e-3)
     torch.testing.assert_close(rewards[0], 0.0)
+
+
+def test_an_ensemble_spec_takes_the_min_of_each_sources_normalised_score(tmp_path):
+    a, b = make_rm(tmp_path / "a", seed=2), make_rm(tmp_path / "b", seed=3)
+    env = ChatEnv(reward=f"min(rm:{a}, rm:{b})", device="cpu")
+    raw: dict[str, list[float]] = {"rm.0": [], "rm.1": []}
+    for i, reply in enumerate(["Yes.", "A longer reply than that.", "No", "Maybe, maybe not."]):
+        env.reset(options={"index": i})
+        _, reward, _, _, info = env.step(reply)
+        z = {}
+        for name in raw:  # each source normalised by its own running statistics
+            raw[name].append(info[f"score/{name}"])
+            xs = np.array(raw[name])
+            z[name] = (xs[-1] - xs.mean()) / (xs.std() + 1e-6)
+        assert reward == pytest.approx(min(z.values()), abs=1e-3)
+    assert raw["rm.0"] != raw["rm.1"]  # two different models
