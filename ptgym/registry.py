@@ -10,7 +10,7 @@ An env is named, in ``ptgym.make`` and in ``env=`` on the command line, by
 - ``module:NAME``: ``module`` is imported first (it may call ``ptgym.register``), then NAME is
   looked up, as ``gymnasium.make("module:Env-v0")`` does;
 - ``module:Class``: an env class, used under the id its module registered it with, else under its
-  ``env_id`` attribute, else as ``module/Class-v0``;
+  ``env_id`` attribute, else as ``module/Class-v0`` (dots in the module become ``-``);
 - an entry point in the group ``ptgym.envs`` of an installed package: its name is the short name,
   its value the env class, whose optional class attributes ``env_id`` and ``max_episode_steps``
   set the id and the TimeLimit.
@@ -235,8 +235,9 @@ def _class_env(cls: type, module_name: str) -> EnvInfo:
     for spec in gymnasium.registry.values():
         if spec.entry_point is cls or (path is not None and spec.entry_point == path):
             return _info(spec.id)
+    namespace = module_name.replace(".", "-")  # Gymnasium's namespaces hold no dots
     return register(
-        getattr(cls, "env_id", None) or f"{module_name}/{cls.__name__}-v0",
+        getattr(cls, "env_id", None) or f"{namespace}/{cls.__name__}-v0",
         cls,
         source=f"class ({module_name})",
         max_episode_steps=getattr(cls, "max_episode_steps", None),

@@ -183,6 +183,11 @@ def test_module_colon_class_of_an_unregistered_class_gets_a_module_id(tmp_path, 
     assert gymnasium.make("reg_class_mod/ShoutEnv-v0").spec.max_episode_steps == 3
 
 
+def test_a_class_in_a_dotted_module_gets_a_valid_gymnasium_id():
+    info = resolve("tests.envs_for_tests:ResetFailingEnv")
+    assert info.id == "tests-envs_for_tests/ResetFailingEnv-v0"
+
+
 def test_module_colon_name_errors_name_the_module_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(UnknownEnvError) as err:
         resolve("no_such_module_xyz:guess")
