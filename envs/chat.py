@@ -1,4 +1,4 @@
-"""``ptgym/Chat-v0``: single-turn chat scored by a reward model, a judge, or an ensemble.
+"""``ptgym/Chat-v0``: chat (single-turn by default) scored by a reward model, a judge, or an ensemble.
 
 ## Description
 
@@ -23,7 +23,8 @@ old ones between splits.
 ## Observation space
 
 ``Messages``: ``reset`` gives the prompt messages (a ``system`` message first when
-``system_prompt`` is set); the step gives ``[]``.
+``system_prompt`` is set); a reply with follow-ups left gives ``[user(next follow-up)]``; the last
+step gives ``[]``.
 
 ## Rewards
 
@@ -36,9 +37,13 @@ fails gives ``info["error"]`` and reward 0.0, which the trainer drops, never a m
 Without ``reward`` the env only samples (``ptgym rollout env=chat group=2`` makes pairs to label):
 the reward is 0.0 and ``info["scored"]`` is False.
 
+Multi-turn (``followups``): after each reply the env asks the next follow-up (e.g. "Make it
+shorter."), and the reward scores the whole conversation after the last reply; earlier turns get 0.
+
 ## Episode end
 
-``terminated`` after the one reply; ``truncated`` is always False.
+``terminated`` after the reply to the last follow-up (the one reply by default); ``truncated`` is
+always False.
 
 ## Arguments
 
@@ -48,6 +53,7 @@ the reward is 0.0 and ``info["scored"]`` is False.
   ``messages``, ``question``, ``instruction``, ``text`` present).
 - ``split``: ``"train"`` or ``"test"``; ``test_fraction``: the share of prompts held out (0.1).
 - ``system_prompt``: a system message put before every prompt (None: none).
+- ``followups``: user messages asked in turn after each reply (default none: single turn).
 - ``reward``: the reward spec (above) or a ``ptgym.envs.rewards.Reward`` object.
 - ``normalize``: running mean/std normalisation per source (default True).
 - ``device``: where reward models and local judges run (``auto``: CUDA when present).
@@ -202,6 +208,7 @@ class ChatEnv(TextEnv):
         normalize: bool = True,
         device: str = "auto",
         judge: dict[str, Any] | None = None,
+        followups: list[str] | None = None,
         render_mode: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
@@ -216,6 +223,10 @@ class ChatEnv(TextEnv):
                 "give more prompts or another test_fraction"
             )
         self.split, self.system_prompt = split, system_prompt
+        self.followups = [str(f) for f in followups or []]
+        if any(not f.strip() for f in self.followups):
+            raise ValueError(f"followups must be non-empty messages, got {self.followups!r}")
+        self.turn = 0
         if isinstance(reward, str) and reward.strip().lower() in ("", "none"):
             reward = None
         if isinstance(reward, str):
@@ -254,14 +265,19 @@ class ChatEnv(TextEnv):
         obs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         obs += [dict(m) for m in self.prompts[i]]
         self.messages = [dict(m) for m in obs]
-        self._done = False
+        self._done, self.turn = False, 0
         return obs, {"task_id": self.task_id, "tools": [], "split": self.split}
 
     def step(self, action: str | Action) -> tuple[Messages, float, bool, bool, dict[str, Any]]:
         if self._done:
             raise RuntimeError("ChatEnv.step called before reset() or after the episode ended")
-        self._done = True
         self.messages.append({"role": "assistant", "content": action_text(action)})
+        self.turn += 1
+        if self.turn <= len(self.followups):
+            obs = [{"role": "user", "content": self.followups[self.turn - 1]}]
+            self.messages.extend(dict(m) for m in obs)
+            return obs, 0.0, False, False, {"task_id": self.task_id, "turn": self.turn}
+        self._done = True
         info: dict[str, Any] = {"task_id": self.task_id, "scored": self.reward is not None}
         if self.reward is None:
             return [], 0.0, True, False, info

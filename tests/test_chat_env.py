@@ -189,3 +189,19 @@ def test_an_ensemble_spec_takes_the_min_of_each_sources_normalised_score(tmp_pat
             z[name] = (xs[-1] - xs.mean()) / (xs.std() + 1e-6)
         assert reward == pytest.approx(min(z.values()), abs=1e-3)
     assert raw["rm.0"] != raw["rm.1"]  # two different models
+
+
+def test_followups_make_a_multi_turn_episode_scored_once_at_the_end():
+    from ptgym.envs.rewards import Reward
+    from tests.test_rewards import WordCount
+
+    env = ChatEnv(reward=Reward([WordCount()], normalize=False), followups=["Shorter, please."])
+    obs, _ = env.reset(options={"index": 0})
+    obs, reward, terminated, _, info = env.step("one two three four")
+    assert obs == [{"role": "user", "content": "Shorter, please."}]
+    assert (reward, terminated, info["turn"]) == (0.0, False, 1)
+    obs, reward, terminated, _, info = env.step("one two")
+    assert (obs, reward, terminated, info["score/words"]) == ([], 2.0, True, 2.0)
+    assert [m["role"] for m in env.messages] == ["user", "assistant", "user", "assistant"]
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step("again")
