@@ -26,8 +26,10 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 import threading
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +41,8 @@ from ray.exceptions import RayError, RayTaskError
 from ptgym.config import ConfigError, EnvConfig, RolloutConfig
 from ptgym.runners import EnvResult, call_env
 from ptgym.types import Action
+
+NAMESPACE = "ptgym"  # the Ray namespace of ptgym's env actors
 
 
 class RegistryEnv:
@@ -96,6 +100,7 @@ class EnvWorker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "envs": len(self.envs),
+            "sandboxes": _own_sandboxes(),
         }
 
     def close(self) -> None:
@@ -103,6 +108,22 @@ class EnvWorker:
             env.close()
         self.envs = {}
         ray.actor.exit_actor()  # a clean exit runs atexit: sandbox pools remove their containers
+
+
+def _own_sandboxes() -> int:
+    """Sandbox containers this process owns (0 where it never started a sandbox pool)."""
+    if "ptgym.sandbox.pool" not in sys.modules:
+        return 0
+    import docker
+
+    from ptgym.sandbox.reaper import LABEL, LABEL_PID
+
+    client = docker.from_env()
+    try:
+        wanted = {"label": [LABEL, f"{LABEL_PID}={os.getpid()}"], "status": "running"}
+        return len(client.containers.list(filters=wanted, sparse=True))
+    finally:
+        client.close()
 
 
 def _plain(result: EnvResult) -> EnvResult:
@@ -148,7 +169,11 @@ class RayRunner:
         if resources:
             options["resources"] = dict(resources)
         worker = ray.remote(EnvWorker)
-        self.actors = [worker.options(**options).remote(make_env) for _ in range(actors)]
+        run = uuid.uuid4().hex[:8]  # named, so `ptgym ray-status` can find them
+        self.actors = [
+            worker.options(**options, name=f"env-{run}-{i}", namespace=NAMESPACE).remote(make_env)
+            for i in range(actors)
+        ]
         self.num_cpus, self.resources = num_cpus, dict(resources or {})
         try:  # an actor the cluster cannot place would leave its episodes waiting forever
             self.places = ray.get([a.where.remote() for a in self.actors], timeout=ready_timeout_s)
@@ -243,3 +268,44 @@ def ray_runner(rollout: RolloutConfig, env: EnvConfig, *, split: str = "train") 
         max_restarts=rollout.ray_max_restarts,
         address=rollout.ray_address,
     )
+
+
+def cluster_status(address: str | None = None) -> list[str]:
+    """``ptgym ray-status``: the cluster's alive nodes and, per node, ptgym's env actors, their
+    envs and their running sandboxes. Connects to ``address`` (default: ``RAY_ADDRESS``, else the
+    cluster ``ray start`` began on this machine); never starts one."""
+    own = not ray.is_initialized()
+    if own:
+        ray.init(address=address or "auto", log_to_driver=False)
+    try:
+        named = ray.util.list_named_actors(all_namespaces=True)
+        handles = [
+            ray.get_actor(a["name"], namespace=NAMESPACE)
+            for a in named
+            if a["namespace"] == NAMESPACE
+        ]
+        places: list[dict[str, Any]] = []
+        for ref in [h.where.remote() for h in handles]:
+            try:
+                places.append(ray.get(ref, timeout=10))
+            except RayError:
+                continue  # ended or restarting since the listing
+        lines = []
+        for node in (n for n in ray.nodes() if n.get("Alive")):
+            res = node.get("Resources", {})
+            mine = [p for p in places if p["node"] == node["NodeID"]]
+            docker = f", docker {res['docker']:g}" if "docker" in res else ""
+            lines.append(
+                f"{node.get('NodeManagerHostname', '?')} ({node.get('NodeManagerAddress', '?')}): "
+                f"{res.get('CPU', 0):g} CPUs{docker}; {len(mine)} env actors, "
+                f"{sum(p['envs'] for p in mine)} envs, {sum(p['sandboxes'] for p in mine)} sandboxes"
+            )
+        free = ray.available_resources()
+        lines.append(
+            f"{len(lines)} node(s); free: {free.get('CPU', 0):g} CPUs"
+            + (f", docker {free['docker']:g}" if "docker" in free else "")
+        )
+        return lines
+    finally:
+        if own:
+            ray.shutdown()

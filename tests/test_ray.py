@@ -31,7 +31,7 @@ from ptgym.config import ConfigError, EnvConfig, RolloutConfig, SamplingConfig
 from ptgym.ray_collector import RayRunner, RegistryEnv
 from ptgym.rollout import Budget, Collector
 from ptgym.sandbox.reaper import LABEL, LABEL_PID
-from tests.envs_for_tests import ScriptedBackend, SlowEnv
+from tests.envs_for_tests import EchoEnv, ScriptedBackend, SlowEnv
 from tests.sandbox_fixtures import TEST_CONFIG, fixture_sandbox_image  # noqa: F401 (fixture)
 from tests.tiny import tiny_model_and_tokenizer
 
@@ -315,7 +315,7 @@ def test_ptgym_train_with_collector_ray_stores_what_the_local_collector_stores(l
 def test_actors_the_cluster_cannot_place_are_a_config_error_not_a_hang(local_ray):
     """The session's node has docker=1; two actors wanting docker=1 each cannot both be placed."""
     with pytest.raises(ConfigError, match=r"could not place 2 env actors needing .*'docker': 1"):
-        RayRunner(SlowEnv, actors=2, resources={"docker": 1}, ready_timeout_s=10)
+        RayRunner(EchoEnv, actors=2, resources={"docker": 1}, ready_timeout_s=10)
     deadline = time.monotonic() + 30  # the killed actors give their resources back
     while ray.available_resources().get("docker") != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -379,3 +379,19 @@ def test_env_errors_cross_the_actor_boundary_as_plain_text(local_ray, tiny):
         assert local.collect([0, 1, 2], 1)[1].error == raised.error
     finally:
         local.close()
+
+
+def test_ray_status_lists_nodes_and_the_env_actors_on_them(local_ray):
+    from ptgym.ray_collector import cluster_status
+
+    runner = RayRunner(EchoEnv, actors=2)
+    try:
+        h = runner.reset(0, 0, None)
+        runner.wait([h], None)
+        assert runner.result(h).error is None
+        node, total = cluster_status()
+    finally:
+        runner.close()
+    assert node.endswith(": 2 CPUs, docker 1; 2 env actors, 1 envs, 0 sandboxes")
+    assert total.startswith("1 node(s); free: ")
+    assert ": 2 CPUs, docker 1; 0 env actors, 0 envs" in cluster_status()[0]
