@@ -44,7 +44,11 @@ class DoctorRMCommand:
     n: int = opt(16, "prompts in the score distribution", minimum=2)
     batch: int = opt(8, "conversations in the padding and template checks", minimum=2)
     max_new_tokens: int = opt(64, "reply length sampled from the policy", minimum=1)
-    tolerance: float = opt(1e-3, "largest score difference accepted between paddings")
+    tolerance: float | None = opt(
+        None,
+        "largest score difference accepted between paddings, relative to max(1, |score|) "
+        "(default: 1e-3 in float32, 3e-2 in bf16/fp16, whose rounding depends on the batch)",
+    )
     device: str = opt("auto", "where the models run", choices=("auto", "cpu", "cuda"))
 
 
@@ -71,6 +75,8 @@ def _hf_pooling(rm: Any, rows: list[list[int]]) -> list[float]:
 
 def diagnose_rm(path: str, cfg: DoctorRMCommand, *, out: Any = print) -> int:
     """Run the checks (module docstring); returns the number of FAILs."""
+    import torch
+
     from ptgym.envs.chat import load_prompts
     from ptgym.envs.rewards import RewardModel
 
@@ -83,30 +89,36 @@ def diagnose_rm(path: str, cfg: DoctorRMCommand, *, out: Any = print) -> int:
     ]
     fails = 0
 
+    tol = cfg.tolerance
+    if tol is None:
+        tol = 1e-3 if rm.model.dtype == torch.float32 else 3e-2
     rows = [rm.render(c) for c in conversations]
     alone = [rm.score_ids([r])[0] for r in rows]
+    scale = [max(1.0, abs(a)) for a in alone]
     diffs = {
         side: max(
-            abs(a - b) for a, b in zip(rm.score_ids(rows, padding_side=side), alone, strict=True)
+            abs(a - b) / c
+            for a, b, c in zip(rm.score_ids(rows, padding_side=side), alone, scale, strict=True)
         )
         for side in ("left", "right")
     }
-    bad = max(diffs.values()) > cfg.tolerance
+    bad = max(diffs.values()) > tol
     fails += bad
     _line(
         "FAIL" if bad else "ok",
         f"padding: max |score difference| left-padded {diffs['left']:.2e}, right-padded "
-        f"{diffs['right']:.2e} vs one row at a time (tolerance {cfg.tolerance:g})",
+        f"{diffs['right']:.2e} vs one row at a time (relative; tolerance {tol:g})",
         out,
     )
-    hf = max(abs(a - b) for a, b in zip(_hf_pooling(rm, rows), alone, strict=True))
+    hf_scores = _hf_pooling(rm, rows)
+    hf = max(abs(a - b) / c for a, b, c in zip(hf_scores, alone, scale, strict=True))
     pad_eq_eos = rm.pad_id == rm.tokenizer.eos_token_id
     _line(
-        "warn" if hf > cfg.tolerance else "ok",
+        "warn" if hf > tol else "ok",
         f"transformers' own pooling differs by up to {hf:.2e}"
         + (
             " (pad == eos: it stops before a final eos; score with ptgym)"
-            if hf > cfg.tolerance and pad_eq_eos
+            if hf > tol and pad_eq_eos
             else ""
         ),
         out,
