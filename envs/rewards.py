@@ -101,8 +101,11 @@ class RewardModel:
     """A sequence-classification RM that scores conversations rendered with its own template.
 
     ``path``: a folder ``AutoModelForSequenceClassification.from_pretrained`` loads, holding the
-    tokenizer too. ``max_length``: longer renders keep their last tokens (the reply) and lose
-    the start of the prompt. ``batch_size``: rows per forward pass.
+    tokenizer too (or a ``ptgym rm`` output folder holding it as ``model/``). The rendering follows
+    ``ptgym_rm.json`` when present: ``prompt+response+eos`` (an RM trained on string records) joins
+    the message contents and appends eos; otherwise the RM's chat template renders the
+    conversation. ``max_length``: longer renders keep their last tokens (the reply) and lose the
+    start of the prompt. ``batch_size``: rows per forward pass.
     """
 
     def __init__(

@@ -256,3 +256,13 @@ def test_doctor_warns_where_transformers_pooling_reads_the_wrong_token(tmp_path,
     assert code == 0  # ptgym's own scores are padding-invariant
     assert "warn  transformers' own pooling differs" in out and "pad == eos" in out
     assert "(empty replies)" in out
+
+
+def test_an_rm_trained_on_strings_is_rendered_as_prompt_response_eos(tmp_path):
+    import json
+
+    folder = make_rm(tmp_path / "rm")
+    (tmp_path / "rm" / "ptgym_rm.json").write_text(json.dumps({"render": "prompt+response+eos"}))
+    rm = RewardModel(folder, device="cpu")
+    expected = rm.tokenizer("HiHello!<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert rm.render(CONVERSATIONS[0]) == expected
