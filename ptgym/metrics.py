@@ -130,6 +130,11 @@ def batch_metrics(trajs: list[Trajectory]) -> dict[str, float]:
     )
     m["rollout/trajectory_tokens"] = float(np.mean([t.num_completion_tokens for t in ok]))
     m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
+    # Raw scores of reward sources (a reward model, a judge) before normalisation: score/NAME.
+    for key in sorted({k for t in ok for k in t.metrics if k.startswith("score/")}):
+        values = [t.metrics[key] for t in ok if isinstance(t.metrics.get(key), (int, float))]
+        if values:
+            m[f"reward/{key}"] = float(np.mean(values))
     return m
 
 

@@ -125,8 +125,19 @@ def _refuse_another_run(run: Path, cfg: TrainCommand) -> None:
             )
 
 
+def _unscored_chat(cfg: TrainCommand) -> bool:
+    from ptgym.registry import resolve
+
+    return resolve(cfg.env.name).id == "ptgym/Chat-v0" and not cfg.env.kwargs.get("reward")
+
+
 def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
     """Run the loop; returns the last step's metrics."""
+    if _unscored_chat(cfg):
+        raise ConfigError(
+            "env=chat has no reward to train on: add reward=rm:PATH (a `ptgym rm` checkpoint) or "
+            "reward=judge:MODEL; without one it only samples (ptgym rollout env=chat group=2)"
+        )
     if cfg.model.adapter:  # continue training it: its rank, alpha and targets win over lora.*
         cfg = dataclasses.replace(cfg, lora=ckpt.adapter_lora(cfg.model.adapter, cfg.lora))
     run = _prepare_run_dir(cfg)

@@ -78,3 +78,17 @@ def test_a_training_run_writes_its_notes_beside_the_trajectories(tmp_path):
     for n in notes.values():
         assert n["kept"] == (n["drop_reason"] is None)
         assert len(n["advantages"]) == (1 if n["kept"] else 0)
+
+
+def test_raw_reward_source_scores_are_averaged_per_step():
+    a, b = _traj(0.5, "a"), _traj(-0.5, "a")
+    a.metrics["score/rm"], b.metrics["score/rm"] = 2.0, -1.0
+    assert batch_metrics([a, b])["reward/score/rm"] == 0.5
+
+
+def test_training_chat_without_a_reward_is_refused_before_the_model_loads(capsys):
+    from ptgym.cli import main
+
+    assert main(["train", "env=chat", "model=tiny", "out=/tmp/ptgym-unscored-chat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "env=chat has no reward to train on: add reward=rm:PATH" in err[0]
