@@ -210,10 +210,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 
 def cmd_prefs_export(args: argparse.Namespace) -> int:
-    from ptgym import judgments
+    from ptgym import agreement
 
-    cfg = C.compose(judgments.ExportCommand, args.overrides)
-    judgments.run_export_command(args.run, cfg)
+    cfg = C.compose(agreement.ExportCommand, args.overrides)
+    agreement.run_export_command(args.run, cfg)
     return 0
 
 
@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prefs = sub.add_parser("prefs", help="preference data: make pairs, export ranked pairs")
     prefs_sub = prefs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    from ptgym.judgments import ExportCommand
+    from ptgym.agreement import ExportCommand
 
     pe = prefs_sub.add_parser(
         "export",

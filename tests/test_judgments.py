@@ -1,5 +1,6 @@
-"""Specification of ptgym.judgments: pairs from a run, the append-only judgment log, undo by
-revert events, replay, Cohen's kappa, position bias, and export to the preference format."""
+"""Specification of ptgym.judgments and ptgym.agreement: pairs from a run, the append-only
+judgment log, undo by revert events, replay, Cohen's kappa, position bias, and export to the
+preference format."""
 
 from __future__ import annotations
 
@@ -10,20 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from ptgym.agreement import agreement, cohen_kappa, export, left_wins, summary
 from ptgym.judgments import (
     JUDGMENTS_FILE,
     Judgment,
     RankSession,
-    agreement,
-    cohen_kappa,
-    export,
-    left_wins,
     load_candidates,
     make_pairs,
     read_log,
     replay,
     sides,
-    summary,
 )
 from ptgym.prefs import read_preferences
 from ptgym.runindex import RunIndex
