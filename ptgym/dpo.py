@@ -15,14 +15,18 @@ IPO, and as SimPO's paper defines it). Metrics per step: ``loss/chosen_reward``,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ptgym.config import to_yaml
-from ptgym.fit import fit, mean_stats, refuse_adapter, save_model, split
+from ptgym.fit import (
+    fit,
+    held_out_metrics,
+    refuse_adapter,
+    save_model,
+    split,
+    start_output,
+)
 from ptgym.losses import dpo_loss, ipo_loss, sequence_logprobs, simpo_loss
 from ptgym.prefconfig import DPOCommand
 from ptgym.prefdata import Encoded, encode_side, pad, renderer_for, truncate
@@ -83,16 +87,12 @@ def preference_loss(policy: Any, pairs: list[Pair], cfg: DPOCommand) -> tuple[Te
 
 def train_dpo(cfg: DPOCommand, *, log: Any = print) -> dict[str, float]:
     from ptgym.policy import build_policy
-    from ptgym.trainer import seed_everything
 
     if not cfg.data:
         raise FileNotFoundError("ptgym dpo needs data=PATH: a preference JSONL (ptgym prefs ...)")
     refuse_adapter(cfg.model, "dpo")
     prefs = read_training_pairs(cfg.data, include_ties=cfg.include_ties)
-    out = Path(cfg.out or "runs/dpo")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    seed_everything(cfg.trainer.seed)
+    out = start_output(cfg, "runs/dpo")
     policy = build_policy(
         cfg.model, cfg.lora, value_head=False, need_reference=cfg.algo.name != "simpo"
     )
@@ -100,19 +100,12 @@ def train_dpo(cfg: DPOCommand, *, log: Any = print) -> dict[str, float]:
         encode_pairs(policy, prefs, cfg), cfg.trainer.eval_fraction, cfg.trainer.seed
     )
 
-    @torch.no_grad()
+    def chunk_stats(chunk: list[Pair]) -> tuple[dict, int]:
+        loss, stats = preference_loss(policy, chunk, cfg)
+        return {"loss": loss, **stats}, len(chunk)
+
     def evaluate() -> dict[str, float]:
-        if not held_out:
-            return {}
-        policy.eval()
-        parts, weights = [], []
-        for start in range(0, len(held_out), cfg.trainer.micro_batch):
-            chunk = held_out[start : start + cfg.trainer.micro_batch]
-            loss, stats = preference_loss(policy, chunk, cfg)
-            parts.append({"loss": loss, **stats})
-            weights.append(len(chunk))
-        policy.train()
-        return mean_stats(parts, weights, "eval/")
+        return held_out_metrics(policy, held_out, cfg.trainer.micro_batch, chunk_stats)
 
     policy.train()
     log(

@@ -1,7 +1,8 @@
 """The supervised optimisation loop shared by ``ptgym sft``, ``ptgym rm`` and ``ptgym dpo``.
 
 Each command supplies rows (already tokenised), a ``loss_fn(rows) -> (loss, stats)`` that is a
-mean over its rows, and an ``evaluate() -> metrics`` on held-out rows; this module shuffles,
+mean over its rows, and an ``evaluate() -> metrics`` on held-out rows (``held_out_metrics`` does
+the chunking and averaging), after ``start_output`` made OUT; this module shuffles,
 splits batches into micro-batches (gradients accumulate, each micro-batch weighted by its share of
 the rows), clips, steps AdamW under the warm-up/decay schedule the RL trainer uses, and writes
 one record per optimizer step to ``OUT/metrics.msgpack`` (``loss/``, ``eval/``, ``perf/``).
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ptgym.config import to_yaml
 from ptgym.metrics import MetricsLogger
 from ptgym.prefconfig import FitConfig
 
@@ -118,6 +120,39 @@ def _line(step: int, total: int, m: dict[str, float]) -> str:
         f"{k.split('/', 1)[1] if k.startswith('loss/') else k}={m[k]:.4g}" for k in keys
     )
     return f"step {step}/{total}  {shown}  {m['perf/step_s']:.2f}s"
+
+
+def start_output(cfg: Any, default: str) -> Path:
+    """``cfg.out`` (or ``default``) created with the command's whole config in ``config.yaml``,
+    and every seed set from ``cfg.trainer.seed``, before the model is built."""
+    from ptgym.trainer import seed_everything
+
+    out = Path(cfg.out or default)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    seed_everything(cfg.trainer.seed)
+    return out
+
+
+@torch.no_grad()
+def held_out_metrics(
+    module: Any,
+    rows: Sequence[Any],
+    micro_batch: int,
+    chunk_stats: Callable[[list[Any]], tuple[dict[str, Any], int]],
+) -> dict[str, float]:
+    """``eval/`` metrics over held-out rows: ``chunk_stats(chunk) -> (stats, weight)`` per
+    micro-batch, averaged by weight, with ``module`` in eval mode and no gradients."""
+    if not rows:
+        return {}
+    module.eval()
+    parts, weights = [], []
+    for start in range(0, len(rows), micro_batch):
+        stats, weight = chunk_stats(list(rows[start : start + micro_batch]))
+        parts.append(stats)
+        weights.append(weight)
+    module.train()
+    return mean_stats(parts, weights, "eval/")
 
 
 def mean_stats(values: list[dict[str, float]], weights: list[int], prefix: str) -> dict[str, float]:

@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ptgym.config import to_yaml
-from ptgym.fit import fit, mean_stats, refuse_adapter, split
+from ptgym.fit import fit, held_out_metrics, refuse_adapter, split, start_output
 from ptgym.losses import bradley_terry_loss
 from ptgym.prefconfig import RMCommand
 from ptgym.prefs import Preference, read_training_pairs
@@ -138,8 +137,6 @@ def pair_texts(tokenizer: Any, prefs: list[Preference]) -> list[tuple[str, str, 
 
 
 def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
-    from ptgym.trainer import seed_everything
-
     if not cfg.data:
         raise FileNotFoundError("ptgym rm needs data=PATH: a preference JSONL (ptgym prefs ...)")
     refuse_adapter(cfg.model, "rm")
@@ -149,10 +146,7 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
             f"{cfg.data} mixes conversational and standard (string) records: a reward model "
             "scores one rendering; split the file"
         )
-    out = Path(cfg.out or "runs/rm")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    seed_everything(cfg.trainer.seed)
+    out = start_output(cfg, "runs/rm")
     model, tokenizer = load_rm_base(cfg)
     T = cfg.trainer.max_length
     tokenized = [  # once, up front: (chosen ids, rejected ids, margin)
@@ -173,24 +167,13 @@ def train_rm(cfg: RMCommand, *, log: Any = print) -> dict[str, float]:
         chosen, rejected, margin = forward(rows)
         return rm_loss(chosen, rejected, margin if cfg.use_margin else None, center=cfg.center)
 
-    @torch.no_grad()
+    def chunk_stats(rows: list) -> tuple[dict, int]:
+        chosen, rejected, _ = forward(rows)
+        accuracy = (chosen > rejected).float().mean()
+        return {"accuracy": accuracy, "mean_score": (chosen + rejected).mean() / 2}, len(rows)
+
     def evaluate() -> dict[str, float]:
-        if not held_out:
-            return {}
-        model.eval()
-        parts, weights = [], []
-        for start in range(0, len(held_out), cfg.trainer.micro_batch):
-            rows = held_out[start : start + cfg.trainer.micro_batch]
-            chosen, rejected, _ = forward(rows)
-            parts.append(
-                {
-                    "accuracy": (chosen > rejected).float().mean(),
-                    "mean_score": (chosen + rejected).mean() / 2,
-                }
-            )
-            weights.append(len(rows))
-        model.train()
-        return mean_stats(parts, weights, "eval/")
+        return held_out_metrics(model, held_out, cfg.trainer.micro_batch, chunk_stats)
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

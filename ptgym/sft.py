@@ -21,11 +21,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ptgym.config import to_yaml
-from ptgym.fit import fit, mean_stats, refuse_adapter, save_model, split
+from ptgym.fit import (
+    fit,
+    held_out_metrics,
+    refuse_adapter,
+    save_model,
+    split,
+    start_output,
+)
 from ptgym.losses import sft_loss
 from ptgym.prefconfig import SFTCommand
 from ptgym.prefdata import Encoded, encode_messages, pad, renderer_for, truncate
@@ -99,16 +104,12 @@ def sft_batch_loss(policy: Any, rows: list[Encoded]) -> tuple[Tensor, dict]:
 
 def train_sft(cfg: SFTCommand, *, log: Any = print) -> dict[str, float]:
     from ptgym.policy import build_policy
-    from ptgym.trainer import seed_everything
 
     if not cfg.data:
         raise FileNotFoundError("ptgym sft needs data=PATH: a messages JSONL or a run directory")
     refuse_adapter(cfg.model, "sft")
     conversations = read_conversations(cfg.data, min_reward=cfg.min_reward)
-    out = Path(cfg.out or "runs/sft")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    seed_everything(cfg.trainer.seed)
+    out = start_output(cfg, "runs/sft")
     policy = build_policy(cfg.model, cfg.lora, value_head=False, need_reference=False)
     renderer = renderer_for(policy.tokenizer, cfg.model.chat_template)
     if renderer is None:
@@ -122,19 +123,12 @@ def train_sft(cfg: SFTCommand, *, log: Any = print) -> dict[str, float]:
     if cfg.packing:
         train_rows = pack(train_rows, cfg.trainer.max_length)
 
-    @torch.no_grad()
+    def chunk_stats(chunk: list[Encoded]) -> tuple[dict, int]:
+        _, stats = sft_batch_loss(policy, chunk)
+        return {"nll": stats["nll"]}, int(stats["tokens"])
+
     def evaluate() -> dict[str, float]:
-        if not held_out:
-            return {}
-        policy.eval()
-        parts, weights = [], []
-        for start in range(0, len(held_out), cfg.trainer.micro_batch):
-            chunk = held_out[start : start + cfg.trainer.micro_batch]
-            _, stats = sft_batch_loss(policy, chunk)
-            parts.append({"nll": stats["nll"]})
-            weights.append(int(stats["tokens"]))
-        policy.train()
-        return mean_stats(parts, weights, "eval/")
+        return held_out_metrics(policy, held_out, cfg.trainer.micro_batch, chunk_stats)
 
     policy.train()
     log(f"sft on {cfg.model.name}: {len(train_rows)} train rows, {len(held_out)} held out")
