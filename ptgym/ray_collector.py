@@ -6,8 +6,10 @@ trajectory it writes, is the same as with the local thread pool: same seeds, sam
 rewards and task ids.
 
 Placement: ``actors`` env-worker actors, each asking for ``num_cpus`` (fractional: Ray's default
-of one CPU per actor deadlocks a small cluster) plus any custom ``resources``; ``{"docker": 1}``
-pins sandbox-hosting actors to the nodes started with ``ray start --resources='{"docker": 1}'``.
+of one CPU per actor deadlocks a small cluster) plus any custom ``resources``; a share of
+``docker`` (``rollout.ray_docker``) pins sandbox-hosting actors to the nodes started with
+``ray start --resources='{"docker": 1}'``. Actors that cannot be placed, or whose env module does
+not import on their node, stop the command with a ``ConfigError`` instead of leaving it waiting.
 Episode slot ``i`` lives on actor ``i % actors``; an actor runs up to ``threads`` env calls at once
 (a threaded actor) and makes its envs itself, from the registry of its own process
 (``RegistryEnv``), so an env installed by entry point on that node works there. A CodeTools
@@ -16,7 +18,8 @@ actor's envs share that process's ``SandboxPool``.
 Faults: an actor that dies is restarted by Ray (``max_restarts``) and comes back without envs.
 A call that was in flight, or that reaches a slot whose env went with the old process, returns an
 ``EnvResult`` with ``infra=True``; the collector retries the episode once if nothing was sampled
-yet, otherwise ends it with ``error`` set (dropped by the trainer, never scored 0). An env's own
+yet (the retried ``reset`` waits for the restarted actor), otherwise ends it with ``error`` set
+(dropped by the trainer, never scored 0). An env's own
 exception is turned into text inside the actor (``runners.call_env``), so nothing unpicklable
 crosses the boundary.
 """
@@ -24,7 +27,6 @@ crosses the boundary.
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import sys
 import threading
@@ -129,7 +131,7 @@ def _own_sandboxes() -> int:
 def _plain(result: EnvResult) -> EnvResult:
     """``result``, or an error result when its values would not pickle across the boundary."""
     try:
-        pickle.dumps(result.value)
+        ray.cloudpickle.dumps(result.value)  # what Ray will do with it after we return
     except Exception as exc:
         return EnvResult(
             None, result.seconds, f"the env returned values that do not pickle: {exc}", None
