@@ -30,8 +30,9 @@ from ptgym.evaluate import HeldOutEval
 from ptgym.metrics import MetricsLogger, batch_metrics, step_metrics
 from ptgym.notes import NOTES_FILE, trainer_notes
 from ptgym.policy import build_policy
+from ptgym.resume import drop_after
 from ptgym.runstatus import Heartbeat
-from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes, drop_after
+from ptgym.store import RecordWriter, TrajectoryStore, atomic_write_bytes
 from ptgym.types import Trajectory
 from ptgym.update import Update, make_update, turn_advantages
 

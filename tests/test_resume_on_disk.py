@@ -19,12 +19,12 @@ from ptgym.config import ConfigError, RolloutCommand, TrainCommand, compose, to_
 from ptgym.metrics import MetricsLogger, read_metrics
 from ptgym.notes import NOTES_FILE
 from ptgym.registry import register
+from ptgym.resume import drop_after
 from ptgym.store import (
     RecordReader,
     RecordWriter,
     TrajectoryStore,
     _read_index,
-    drop_after,
     scan,
 )
 from ptgym.trainer import train

@@ -13,16 +13,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from ptgym.runindex import (
+from ptgym.runindex import TRAINER_FILE, RunIndex
+from ptgym.store import RecordWriter, TrajectoryStore
+from ptgym.summaryfile import (
     COLUMNS,
-    TRAINER_FILE,
-    RunIndex,
     read_summary_rows,
     record_summary_row,
     summary_path,
     summary_row,
 )
-from ptgym.store import RecordWriter, TrajectoryStore
 from ptgym.types import Trajectory, Turn
 
 
