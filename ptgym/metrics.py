@@ -151,6 +151,8 @@ def collect_metrics(stats: Any) -> dict[str, float]:
         "perf/gen_tokens_per_s": stats.generated_tokens / max(stats.generation, 1e-9),
         "perf/episodes_per_s": stats.episodes / t,
         "perf/generate_calls": float(stats.generate_calls),
+        "rollout/retries": float(stats.retries),  # restarted after their env worker was lost
+        "rollout/infra_errors": float(stats.infra_errors),  # ended by a lost env worker
     }
 
 

@@ -79,7 +79,8 @@ class _Episode:
 
 @dataclass
 class CollectStats:
-    """Where the wall time of a ``collect`` call went (seconds), and its infrastructure failures."""
+    """Where the wall time of a ``collect`` call went (seconds), and its infrastructure failures;
+    ``ptgym.metrics.collect_metrics`` names them as metrics."""
 
     total: float = 0.0
     generation: float = 0.0  # inside backend.generate
@@ -89,21 +90,6 @@ class CollectStats:
     episodes: int = 0
     retries: int = 0  # episodes started again after their env worker was lost before sampling
     infra_errors: int = 0  # episodes ended because their env worker was lost
-
-    def as_metrics(self) -> dict[str, float]:
-        other = max(self.total - self.generation - self.env_wait, 0.0)
-        t = max(self.total, 1e-9)
-        return {
-            "perf/rollout_s": self.total,
-            "perf/generation_share": self.generation / t,
-            "perf/env_share": self.env_wait / t,
-            "perf/rollout_other_share": other / t,
-            "perf/gen_tokens_per_s": self.generated_tokens / max(self.generation, 1e-9),
-            "perf/episodes_per_s": self.episodes / t,
-            "perf/generate_calls": float(self.generate_calls),
-            "rollout/retries": float(self.retries),
-            "rollout/infra_errors": float(self.infra_errors),
-        }
 
 
 class Collector:

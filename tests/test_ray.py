@@ -28,6 +28,7 @@ from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.build import make_collector, task_seeds
 from ptgym.config import ConfigError, EnvConfig, RolloutConfig, SamplingConfig
+from ptgym.metrics import collect_metrics
 from ptgym.ray_collector import RayRunner, RegistryEnv
 from ptgym.rollout import Budget, Collector
 from ptgym.sandbox.reaper import LABEL, LABEL_PID
@@ -149,7 +150,7 @@ def test_killed_actor_retries_an_unsampled_episode_and_marks_a_sampled_one(local
     assert lost.error.split(":")[0] in ("ActorUnavailableError", "ActorDiedError", "EnvLost")
     assert len(lost.turns) == 1 and lost.truncated
     assert collector.stats.retries == 1 and collector.stats.infra_errors == 1
-    m = collector.stats.as_metrics()
+    m = collect_metrics(collector.stats)
     assert (m["rollout/retries"], m["rollout/infra_errors"]) == (1.0, 1.0)
     local = Collector(backend, renderer, make_env, sampling, budget, env_workers=4)
     try:

@@ -17,6 +17,7 @@ from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.toolcalls import parse_tool_calls
 from ptgym.envs.digits import DigitsEnv
+from ptgym.metrics import collect_metrics
 from ptgym.rollout import Budget, Collector
 from tests.envs_for_tests import (
     ECHO_TOOL,
@@ -69,8 +70,12 @@ def test_groups_share_a_task_and_keep_their_bookkeeping(tiny):
 def test_collect_stats_count_every_sampled_token(tiny):
     trajs, stats = collect(*tiny, EchoEnv, Budget(max_turns=2), [1, 2], group=2)
     assert stats.generated_tokens == sum(t.num_completion_tokens for t in trajs) == 4 * 2 * 4
-    m = stats.as_metrics()
-    shares = m["perf/generation_share"] + m["perf/env_share"] + m["perf/rollout_other_share"]
+    m = collect_metrics(stats)
+    shares = (
+        m["perf/rollout_generation_frac"]
+        + m["perf/rollout_env_frac"]
+        + m["perf/rollout_other_frac"]
+    )
     assert shares == pytest.approx(1.0)
     assert stats.generation > 0 and m["perf/episodes_per_s"] == pytest.approx(4 / stats.total)
 
@@ -146,7 +151,7 @@ def test_envs_that_answer_at_different_times_still_share_one_generate_call(tiny)
     )
     sizes = [len(c.prompts) for c in backend.calls]
     assert sizes[0] == 4 and sizes[-1] == 1 and sum(sizes) == 8  # the slow one goes alone
-    assert stats.generate_calls == len(sizes) == stats.as_metrics()["perf/generate_calls"]
+    assert stats.generate_calls == len(sizes) == collect_metrics(stats)["perf/generate_calls"]
     assert all(len(t.turns) == 2 for t in trajs)
 
 
