@@ -19,14 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ptgym.fit import (
-    fit,
-    held_out_metrics,
-    refuse_adapter,
-    save_model,
-    split,
-    start_output,
-)
+from ptgym.fit import fit_policy, held_out_metrics, refuse_adapter, split, start_output
 from ptgym.losses import dpo_loss, ipo_loss, sequence_logprobs, simpo_loss
 from ptgym.prefconfig import DPOCommand
 from ptgym.prefdata import Encoded, encode_side, pad, renderer_for, truncate
@@ -107,18 +100,15 @@ def train_dpo(cfg: DPOCommand, *, log: Any = print) -> dict[str, float]:
     def evaluate() -> dict[str, float]:
         return held_out_metrics(policy, held_out, cfg.trainer.micro_batch, chunk_stats)
 
-    policy.train()
     log(
         f"{cfg.algo.name} on {cfg.model.name}: {len(train_pairs)} train pairs, {len(held_out)} held out"
     )
-    last = fit(
-        policy.trainable_parameters(),
+    return fit_policy(
+        policy,
         train_pairs,
-        cfg.trainer,
+        cfg,
         loss_fn=lambda rows: preference_loss(policy, rows, cfg),
         evaluate=evaluate,
         out=out,
         log=log,
     )
-    log(f"saved the model to {save_model(policy, out / 'model', cfg.model.name)}")
-    return last

@@ -190,6 +190,32 @@ def save_model(policy: Any, folder: str | Path, base: str) -> Path:
     return folder
 
 
+def fit_policy(
+    policy: Any,
+    rows: Sequence[Any],
+    cfg: Any,
+    *,
+    loss_fn: Callable[[list[Any]], tuple[torch.Tensor, dict[str, Any]]],
+    evaluate: Callable[[], dict[str, float]],
+    out: Path,
+    log: Callable[[str], Any] = print,
+) -> dict[str, float]:
+    """``fit`` a ``Policy``'s trainable parameters on ``cfg.trainer``, then ``save_model`` it to
+    ``OUT/model`` (``ptgym sft`` and ``ptgym dpo``); returns the last step's metrics."""
+    policy.train()
+    last = fit(
+        policy.trainable_parameters(),
+        rows,
+        cfg.trainer,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        out=out,
+        log=log,
+    )
+    log(f"saved the model to {save_model(policy, out / 'model', cfg.model.name)}")
+    return last
+
+
 def refuse_adapter(model_cfg: Any, command: str) -> None:
     """``model.adapter`` applies to rollouts; these commands start from a full model folder."""
     if getattr(model_cfg, "adapter", None):

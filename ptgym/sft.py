@@ -23,14 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ptgym.fit import (
-    fit,
-    held_out_metrics,
-    refuse_adapter,
-    save_model,
-    split,
-    start_output,
-)
+from ptgym.fit import fit_policy, held_out_metrics, refuse_adapter, split, start_output
 from ptgym.losses import sft_loss
 from ptgym.prefconfig import SFTCommand
 from ptgym.prefdata import Encoded, encode_messages, pad, renderer_for, truncate
@@ -130,16 +123,13 @@ def train_sft(cfg: SFTCommand, *, log: Any = print) -> dict[str, float]:
     def evaluate() -> dict[str, float]:
         return held_out_metrics(policy, held_out, cfg.trainer.micro_batch, chunk_stats)
 
-    policy.train()
     log(f"sft on {cfg.model.name}: {len(train_rows)} train rows, {len(held_out)} held out")
-    last = fit(
-        policy.trainable_parameters(),
+    return fit_policy(
+        policy,
         train_rows,
-        cfg.trainer,
+        cfg,
         loss_fn=lambda batch: sft_batch_loss(policy, batch),
         evaluate=evaluate,
         out=out,
         log=log,
     )
-    log(f"saved the model to {save_model(policy, out / 'model', cfg.model.name)}")
-    return last
