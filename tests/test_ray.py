@@ -287,6 +287,7 @@ def test_ptgym_train_with_collector_ray_stores_what_the_local_collector_stores(l
     """Two steps of ``ptgym train env=digits`` each way: the start-up line names the cluster and
     the actors, and the stored trajectories agree record for record."""
     from ptgym.config import TrainCommand, compose
+    from ptgym.metrics import read_metrics
     from ptgym.store import TrajectoryStore
     from ptgym.trainer import train
 
@@ -309,6 +310,10 @@ def test_ptgym_train_with_collector_ray_stores_what_the_local_collector_stores(l
         train(cfg, log=lines.append)
         stored[kind] = record(sorted(TrajectoryStore(tmp_path / kind), key=lambda t: t.group_id))
     assert stored["local"] == stored["ray"] and len(stored["ray"]) == 8
+    ledger = [
+        (m["rollout/retries"], m["rollout/infra_errors"]) for m in read_metrics(tmp_path / "ray")
+    ]
+    assert ledger == [(0.0, 0.0)] * 2  # the failure ledger reaches the metrics stream
     (startup,) = [line for line in lines if line.startswith("ray: ")]
     assert startup.startswith("ray: 1 node(s), 2 CPUs; 2 env actors (0.25 CPU each) on ")
 
