@@ -130,6 +130,8 @@ def batch_metrics(trajs: list[Trajectory]) -> dict[str, float]:
     )
     m["rollout/trajectory_tokens"] = float(np.mean([t.num_completion_tokens for t in ok]))
     m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
+    # Turns whose prompt did not extend the sequence so far: each starts a new training row.
+    m["rollout/prefix_breaks"] = float(np.mean([t.metrics.get("prefix_breaks", 0) for t in ok]))
     # Raw scores of reward sources (a reward model, a judge) before normalisation: score/NAME.
     for key in sorted({k for t in ok for k in t.metrics if k.startswith("score/")}):
         values = [t.metrics[key] for t in ok if isinstance(t.metrics.get(key), (int, float))]

@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -82,6 +83,7 @@ class _Names:
 _NAMES: dict[str, _Names] = {}  # env id -> ptgym's names for it (the spec is Gymnasium's)
 _ALIASES: dict[str, str] = {}  # short name -> env id
 _entry_point_errors: list[str] | None = None  # None until the entry points were loaded
+_entry_point_lock = threading.Lock()
 
 
 def register(
@@ -153,17 +155,20 @@ def _loaded_creator(spec: EnvSpec) -> Any:
 def load_entry_points() -> list[str]:
     """Register the envs of installed packages (group ``ptgym.envs``) once; returns load errors."""
     global _entry_point_errors
-    if _entry_point_errors is not None:
+    with _entry_point_lock:  # env workers (threads, Ray actors) resolve names concurrently
+        if _entry_point_errors is None:
+            _entry_point_errors = _register_entry_points()
         return list(_entry_point_errors)
-    _entry_point_errors = []
+
+
+def _register_entry_points() -> list[str]:
+    errors: list[str] = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "?"
         try:
             cls = ep.load()
         except Exception as exc:
-            _entry_point_errors.append(
-                f"entry point {ep.name!r} from {dist}: {type(exc).__name__}: {exc}"
-            )
+            errors.append(f"entry point {ep.name!r} from {dist}: {type(exc).__name__}: {exc}")
             continue
         register(
             getattr(cls, "env_id", None) or f"{dist}/{ep.name}-v0",
@@ -172,7 +177,7 @@ def load_entry_points() -> list[str]:
             source=f"entry point ({dist})",
             max_episode_steps=getattr(cls, "max_episode_steps", None),
         )
-    return list(_entry_point_errors)
+    return errors
 
 
 def resolve(name: str) -> EnvInfo:

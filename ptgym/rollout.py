@@ -70,6 +70,7 @@ class _Episode:
     options: dict[str, Any] | None
     tools: list[dict] | None = None
     prompt: list[int] = field(default_factory=list)
+    extends: bool = True  # the prompt extends the previous turn's sequence (else: a new row)
     started: float = 0.0
     pending: Any = None  # the runner's handle of the env call in flight
     completion: Any = None  # the last turn's Completion, for the history when its step returns
@@ -235,6 +236,8 @@ class Collector:
                     gen_seconds=dt,
                 )
                 ep.traj.turns.append(turn)
+                if not ep.extends:  # the template rewrote the past (dropped <think>): a new row
+                    ep.traj.metrics["prefix_breaks"] = ep.traj.metrics.get("prefix_breaks", 0) + 1
                 ep.completion = c
                 action = Action(c.text, c.token_ids, c.logprobs, c.finish_reason)
                 ep.pending = self.runner.step(ep.index, action)
@@ -267,7 +270,7 @@ class Collector:
             else:
                 self._after_reset(ep, *result.value)
         except Exception as exc:  # a renderer failure is ours, not the model's
-            self._fail(ep, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5))
+            self._fail(ep, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=-5))
 
     def _after_reset(self, ep: _Episode, obs: list[dict], info: dict[str, Any]) -> None:
         ep.tools = info.get("tools") or None
@@ -305,10 +308,10 @@ class Collector:
                 reason="env" if terminated else "env_truncated",
             )
         else:
-            ids, _extends = self.renderer.next_prompt(
+            ids, extends = self.renderer.next_prompt(
                 ep.prompt, ep.completion.token_ids, history, list(obs), ep.tools
             )
-            ep.prompt = list(ids)
+            ep.prompt, ep.extends = list(ids), extends
 
     def _fail(self, ep: _Episode, error: str, trace: str | None) -> None:
         ep.traj.error = error

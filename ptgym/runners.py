@@ -15,6 +15,7 @@ later calls (an env holding a sandbox pool or a dataset is built once).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -82,6 +83,7 @@ class LocalRunner:
     def __init__(self, env_factory: Callable[[], gymnasium.Env], workers: int = 8):
         self.env_factory = env_factory
         self._envs: list[gymnasium.Env] = []
+        self._failed: set[int] = set()  # slots whose env raised: replaced at their next reset
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptgym-env")
 
     def _env(self, slot: int) -> gymnasium.Env:
@@ -89,11 +91,25 @@ class LocalRunner:
             self._envs.append(self.env_factory())
         return self._envs[slot]
 
+    def _call(
+        self, slot: int, env: gymnasium.Env, method: str, *args: Any, **kwargs: Any
+    ) -> EnvResult:
+        result = call_env(env, method, *args, **kwargs)
+        if result.error is not None:
+            self._failed.add(slot)
+        return result
+
     def reset(self, slot: int, seed: int, options: dict[str, Any] | None) -> cf.Future:
-        return self._pool.submit(call_env, self._env(slot), "reset", seed=seed, options=options)
+        if slot in self._failed:  # an env that raised may be half-reset: never reuse it
+            self._failed.discard(slot)
+            old, self._envs[slot] = self._envs[slot], self.env_factory()
+            with contextlib.suppress(Exception):
+                old.close()
+        env = self._env(slot)  # envs are made on the caller's thread only
+        return self._pool.submit(self._call, slot, env, "reset", seed=seed, options=options)
 
     def step(self, slot: int, action: Action) -> cf.Future:
-        return self._pool.submit(call_env, self._env(slot), "step", action)
+        return self._pool.submit(self._call, slot, self._env(slot), "step", action)
 
     def wait(
         self, handles: Iterable[cf.Future], timeout: float | None, *, first: bool = False

@@ -279,3 +279,32 @@ def test_the_tokenizer_is_used_on_the_collector_thread_only(tiny):
     # 12 initial renders and 24 next prompts at least; all on this thread.
     assert len(tokenizer.threads) >= 36
     assert set(tokenizer.threads) == {threading.current_thread().name}
+
+
+def test_an_env_that_raised_is_replaced_before_its_next_episode():
+    """A reset or step that raised may leave the env half-done (Gymnasium's checker then fails
+    its next call): the runner closes it and makes a fresh one for the slot's next reset."""
+    from ptgym.runners import LocalRunner
+
+    made = []
+
+    class HalfResetEnv:
+        def __init__(self):
+            made.append(self)
+            self.closed = False
+
+        def reset(self, seed=None, options=None):
+            if len(made) == 1:
+                raise RuntimeError("half reset")
+            return [{"role": "user", "content": "hi"}], {}
+
+        def close(self):
+            self.closed = True
+
+    runner = LocalRunner(HalfResetEnv, workers=1)
+    try:
+        assert runner.result(runner.reset(0, 0, None)).error == "RuntimeError: half reset"
+        again = runner.result(runner.reset(0, 1, None))
+        assert again.error is None and len(made) == 2 and made[0].closed
+    finally:
+        runner.close()

@@ -14,6 +14,7 @@ from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.envs.digits import DigitsEnv
+from ptgym.metrics import batch_metrics
 from ptgym.rollout import Budget, Collector
 from ptgym.samples import build_rows, collate
 from ptgym.types import Trajectory, Turn
@@ -131,6 +132,10 @@ def test_a_template_that_drops_earlier_think_blocks_gives_one_aligned_row_per_tu
     # The same scripted episode under SmolLM2's own template is one row per trajectory.
     same = run(ScriptedBackend(tokenizer, replies), tiny[1], EchoEnv, [0], group=1, turns=3)
     assert len(build_rows(same)) == 1
+    # The collector counts the breaks (a metric the user sees: each costs a row of compute).
+    assert [t.metrics.get("prefix_breaks", 0) for t in trajs] == [2, 2]
+    assert same[0].metrics.get("prefix_breaks", 0) == 0
+    assert batch_metrics(trajs)["rollout/prefix_breaks"] == 2.0
 
 
 def hand_turn(prompt, completion, logprobs) -> Turn:
