@@ -27,7 +27,7 @@ def labelled_containers(**labels: str) -> list:
     client = docker.from_env()
     try:
         wanted = [LABEL] + [f"{k}={v}" for k, v in labels.items()]
-        return client.containers.list(all=True, filters={"label": wanted})
+        return client.containers.list(all=True, filters={"label": wanted}, ignore_removed=True)
     finally:
         client.close()
 
