@@ -168,14 +168,25 @@ def load_adapter(policy: Any, adapter: str | Path) -> int:
     return len(weights)
 
 
-def export_merged(checkpoint: Path, out: Path, base_model: str) -> Path:
-    """Merge a LoRA checkpoint into its base model and save a plain transformers folder."""
+def export_merged(checkpoint: Path, out: Path, base_model: str | None = None) -> Path:
+    """Merge a LoRA checkpoint into its base model and save a plain transformers folder (what
+    vLLM or any transformers user loads). ``base_model`` defaults to the base the adapter names;
+    the tokenizer saved beside the adapter (with the run's chat template) is used when present."""
     from peft import PeftModel
+    from transformers import AutoTokenizer
 
     from ptgym.agents.models import load_model
 
+    adapter = Path(checkpoint) / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{checkpoint}: no adapter/adapter_config.json (a LoRA checkpoint)")
+    if base_model is None:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        base_model = config["base_model_name_or_path"]
     model, tokenizer = load_model(base_model, dtype="float32", device="cpu")
-    merged = PeftModel.from_pretrained(model, checkpoint / "adapter").merge_and_unload()
+    if (adapter / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)

@@ -166,6 +166,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.action == "pull":
         print(f"ready: {models.pull_model(args.name)}")
+    elif args.action == "merge":
+        from ptgym.checkpoint import export_merged
+
+        if not args.out:
+            raise C.ConfigError("models merge needs --out DIR for the merged model")
+        out = export_merged(Path(args.name), Path(args.out), args.base)
+        print(f"merged {args.name} into {out} (load it with from_pretrained, or serve it)")
     else:
         for info in models.list_models():
             where = info.path if info.path else "not built yet (ptgym models pull NAME)"
@@ -366,9 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.set_defaults(fn=cmd_sandbox)
 
-    md = sub.add_parser("models", help="fetch the embedded default model; list cached models")
-    md.add_argument("action", choices=["pull", "list"])
-    md.add_argument("name", nargs="?", default="smollm2-135m", help="model short name")
+    md = sub.add_parser(
+        "models",
+        help="fetch the embedded default model; list cached models; merge a LoRA checkpoint",
+    )
+    md.add_argument("action", choices=["pull", "list", "merge"])
+    md.add_argument(
+        "name",
+        nargs="?",
+        default="smollm2-135m",
+        help="model short name; for merge: a checkpoint folder (RUN/checkpoints/step-N)",
+    )
+    md.add_argument("--out", default=None, help="merge: the folder to write the merged model to")
+    md.add_argument("--base", default=None, help="merge: the base model (default: the adapter's)")
     md.set_defaults(fn=cmd_models)
 
     sv = sub.add_parser("serve", help="serve a model with the OpenAI chat-completions API")

@@ -129,8 +129,12 @@ def test_adapter_is_peft_format_and_exports_to_a_plain_merged_model(tmp_path):
     loaded = PeftModel.from_pretrained(base, path / "adapter")
     torch.testing.assert_close(logprobs(loaded, IDS), expected, rtol=0, atol=1e-5)
 
-    out = ckpt.export_merged(path, tmp_path / "merged", "tiny")
-    assert out == tmp_path / "merged" and not (tmp_path / ".merged.tmp").exists()
+    from ptgym.cli import main
+
+    # The CLI finds the base the adapter names (portable: "tiny") and the tokenizer beside it.
+    assert main(["models", "merge", str(path), "--out", str(tmp_path / "merged")]) == 0
+    out = tmp_path / "merged"
+    assert not (tmp_path / ".merged.tmp").exists()
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(logprobs(merged, IDS), expected, rtol=0, atol=1e-5)
