@@ -183,9 +183,14 @@ def test_module_colon_class_of_an_unregistered_class_gets_a_module_id(tmp_path, 
     assert gymnasium.make("reg_class_mod/ShoutEnv-v0").spec.max_episode_steps == 3
 
 
-def test_a_class_in_a_dotted_module_gets_a_valid_gymnasium_id():
-    info = resolve("tests.envs_for_tests:ResetFailingEnv")
-    assert info.id == "tests-envs_for_tests/ResetFailingEnv-v0"
+def test_a_class_in_a_dotted_module_gets_a_valid_gymnasium_id(tmp_path, monkeypatch):
+    (tmp_path / "regdotpkg").mkdir()
+    (tmp_path / "regdotpkg" / "__init__.py").write_text("")
+    (tmp_path / "regdotpkg" / "inner.py").write_text(
+        "import ptgym\n\n\nclass QuietEnv(ptgym.TextEnv):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve("regdotpkg.inner:QuietEnv").id == "regdotpkg-inner/QuietEnv-v0"
 
 
 def test_module_colon_name_errors_name_the_module_and_the_fix(tmp_path, monkeypatch):
