@@ -1,6 +1,7 @@
 """Per-step metrics: ``RUN/metrics.msgpack`` (one record per step) plus optional mirrors (DESIGN §8).
 
-Keys are namespaced: ``rollout/``, ``reward/``, ``loss/``, ``perf/``, ``gpu/``, ``eval/``. Each
+Keys are namespaced: ``rollout/``, ``reward/``, ``loss/``, ``perf/``, ``gpu/``, ``eval/``, and
+``env/`` for the per-episode numbers envs report (``env/valid_tool_call``: the share of episodes). Each
 record also holds ``step`` and ``time`` (unix seconds). This module owns the ``reward/``,
 ``rollout/`` and ``perf/`` names (``batch_metrics``, ``collect_metrics``, ``step_metrics``); the
 losses name their own ``loss/`` keys. The stream format is the store's, so a run
@@ -132,6 +133,11 @@ def batch_metrics(trajs: list[Trajectory]) -> dict[str, float]:
     m["rollout/truncated_frac"] = float(np.mean([t.truncated for t in ok]))
     # Turns whose prompt did not extend the sequence so far: each starts a new training row.
     m["rollout/prefix_breaks"] = float(np.mean([t.metrics.get("prefix_breaks", 0) for t in ok]))
+    # What envs report per episode (tool calls, tests passed, ...): the batch mean as env/KEY.
+    for key in sorted({k for t in ok for k in t.metrics if not k.startswith("score/")}):
+        values = [t.metrics.get(key) for t in ok]
+        if all(isinstance(v, (bool, int, float)) for v in values):
+            m[f"env/{key}"] = float(np.mean(values))
     # Raw scores of reward sources (a reward model, a judge) before normalisation: score/NAME.
     for key in sorted({k for t in ok for k in t.metrics if k.startswith("score/")}):
         values = [t.metrics[key] for t in ok if isinstance(t.metrics.get(key), (int, float))]

@@ -92,3 +92,14 @@ def test_training_chat_without_a_reward_is_refused_before_the_model_loads(capsys
     assert main(["train", "env=chat", "model=tiny", "out=/tmp/ptgym-unscored-chat"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "env=chat has no reward to train on: add reward=rm:PATH" in err[0]
+
+
+def test_numbers_envs_report_per_episode_are_averaged_under_env():
+    a, b, c = _traj(1.0, "a"), _traj(0.0, "a"), _traj(0.0, "b")
+    a.metrics.update(valid_tool_call=True, tool_calls=2, extracted="42")
+    b.metrics.update(valid_tool_call=False, tool_calls=0, extracted=None)
+    c.metrics.update(valid_tool_call=True, tool_calls=1)
+    m = batch_metrics([a, b, c])
+    assert m["env/valid_tool_call"] == pytest.approx(2 / 3)
+    assert m["env/tool_calls"] == 1.0
+    assert "env/extracted" not in m  # not a number in every episode
