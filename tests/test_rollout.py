@@ -115,13 +115,14 @@ def test_wall_time_budget_truncates_a_slow_episode(tiny):
 
 
 def test_generation_goes_on_for_other_episodes_while_one_env_is_slow(tiny):
-    """Seed 0's first step sleeps 2 s; seeds 1-3 run all three turns meanwhile."""
+    """Seed 0's first step sleeps 5 s; seeds 1-3 run all three turns meanwhile (a generate
+    call of the tiny model took up to 1.3 s on a loaded 2-core machine: 2 s was too tight)."""
     backend = RecordingBackend(tiny[0])
     log: list[tuple[int, float, float]] = []
     trajs, stats = collect(
         backend,
         tiny[1],
-        lambda: SlowEnv({0: 2.0}, log, slow_steps=1),
+        lambda: SlowEnv({0: 5.0}, log, slow_steps=1),
         Budget(max_turns=3),
         [0, 1, 2, 3],
     )
