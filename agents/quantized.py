@@ -24,17 +24,29 @@ import torch
 from .backend import Completion, SamplingParams
 from .hf import HFBackend
 
+# Linear layers left in fp32: the MLP's down projection reads activations with outliers that one
+# per-tensor int8 scale rounds badly. Measured on SmolLM2-135M (8 prompts x 48 tokens, T=1):
+# per-token KL to the fp32 forward 0.87 with every Linear quantized, 0.20 without down_proj, at
+# 113 vs 102 tokens/s (fp32: 43).
+KEEP_FP32 = ("down_proj",)
+
 
 def quantized_copy(model: Any) -> Any:
     """An int8-weight copy of ``model`` for inference: LoRA adapters merged into their base
-    weights, every ``nn.Linear`` (the tied LM head too) quantized dynamically."""
+    weights, every ``nn.Linear`` but those named in ``KEEP_FP32`` (the tied LM head included)
+    quantized dynamically."""
     twin = copy.deepcopy(model)
     if hasattr(twin, "merge_and_unload"):  # a PEFT model: fold the adapters in
         twin = twin.merge_and_unload()
     twin.eval()
     for p in twin.parameters():
         p.requires_grad_(False)
-    return torch.ao.quantization.quantize_dynamic(twin, {torch.nn.Linear}, dtype=torch.qint8)
+    names = {
+        name
+        for name, module in twin.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(k in name for k in KEEP_FP32)
+    }
+    return torch.ao.quantization.quantize_dynamic(twin, names, dtype=torch.qint8)
 
 
 class Int8Backend:
