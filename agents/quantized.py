@@ -10,7 +10,11 @@ switches it on for this sampler) and reports ``rollout/sampler_kl``.
 
 Weight sync: ``sync(version)`` rebuilds the int8 copy from the live policy model when the policy
 version changes (LoRA merged into a copy of the base; the training model is never touched). The
-decode loop itself is ``HFBackend``'s, so the seeding contract and finish reasons are the same.
+decode loop itself is ``HFBackend``'s (per-row seeded sampling, finish reasons), but the seeding
+contract of ``backend.py`` holds only in part: dynamic quantization scales each ``Linear``'s input
+per call, so a row's tokens can depend on the other rows batched with it. The same batch and seeds
+give the same tokens; a different batch split can give others. Use ``sampler=exact`` where runs
+must reproduce whatever the batching.
 """
 
 from __future__ import annotations
