@@ -274,8 +274,9 @@ class Child:
         return True
 
     def _reap_orphan(self):
-        """The exit code of the call's process once it is re-parented to this server."""
-        deadline = time.monotonic() + 2.0
+        """The exit code of the call's process once it is re-parented to this server (allow a
+        loaded machine 5 s: a process never re-parented is reported as killed)."""
+        deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
