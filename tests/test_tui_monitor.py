@@ -125,6 +125,8 @@ def test_a_step_logged_while_the_monitor_is_open_shows_up(run):
             table = screen.query_one("#step-table")
             assert [str(c) for c in table.get_row("reward/mean")] == ["reward/mean", "0.4"]
             reward = screen.query_one("#chart-0", MetricChart)
+            # The chart redraws after the status line: wait for it rather than race it.
+            await until(pilot, lambda: "pass_rate" in str(reward.render()))
             drawn = str(reward.render())
             assert "mean" in drawn and "pass_rate" in drawn and "0.40" in drawn
 
