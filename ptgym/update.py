@@ -113,56 +113,62 @@ class Update:
             advantages=torch.zeros_like(t["mask"]),
         )
         if self.use_ref:
-            batch.ref_logprobs = self._no_grad_pass(batch, reference=True)
-        if self.correction != "off":
-            self._correct_sampler(batch)
+            batch.ref_logprobs = self._reference_pass(batch)
         self._credit(kept, batch)
         return batch
 
-    def _correct_sampler(self, batch: Batch) -> None:
-        """The trainer's own logprobs become the behaviour policy of the ratio; each token is
-        weighed by the truncated ``pi_trainer / q_sampler`` (``losses.sampler_is_weights``)."""
-        trainer_lp = self._no_grad_pass(batch, reference=False, values=False)
-        batch.is_weights, stats = L.sampler_is_weights(
+    def _correct_sampler(self, batch: Batch, trainer_lp: Tensor) -> None:
+        """The trainer's own logprobs ``trainer_lp`` (B, T) become the behaviour policy of the
+        ratio; each token is weighed by the truncated ``pi_trainer / q_sampler``
+        (``losses.sampler_is_weights``). ``batch`` may be a row slice (views): written in place."""
+        weights, _ = L.sampler_is_weights(
             trainer_lp,
             batch.old_logprobs,
             batch.mask,
             level=self.correction,
             cap=self.algo.correction_cap,
         )
-        batch.old_logprobs = torch.where(batch.mask.bool(), trainer_lp, batch.old_logprobs)
-        self.correction_stats = {f"rollout/{k}": float(v) for k, v in stats.items()}
+        sampled = batch.mask.bool()
+        if batch.is_weights is None:
+            batch.is_weights = weights
+        else:
+            batch.is_weights.copy_(weights)
+        batch.old_logprobs.copy_(torch.where(sampled, trainer_lp, batch.old_logprobs))
 
     def _credit(self, kept: list[Trajectory], batch: Batch) -> None:
         """Fill ``batch.advantages`` (B, T) (and, for PPO, old values and returns)."""
         raise NotImplementedError
 
-    def _no_grad_pass(self, batch: Batch, *, reference: bool, values: bool = True) -> Tensor:
-        """The reference policy's logprobs, or the current policy's values (or, with
-        ``values=False``, its logprobs), (B, T), in micro-batches without grad."""
+    def _reference_pass(self, batch: Batch) -> Tensor:
+        """The reference policy's logprobs (B, T), in micro-batches without grad."""
         out = []
-        mb = self.trainer.micro_batch
         with torch.no_grad(), self.autocast:
-            for s in range(0, batch.input_ids.shape[0], mb):
-                b = batch.rows(slice(s, s + mb))
-                if reference:
-                    out.append(
-                        self.policy.reference_logprobs(
-                            b.input_ids,
-                            b.attention_mask,
-                            temperature=self.temperature,
-                            first=b.first,
-                        )
+            for b in self._micro_batches(batch):
+                out.append(
+                    self.policy.reference_logprobs(
+                        b.input_ids, b.attention_mask, temperature=self.temperature, first=b.first
                     )
-                else:
-                    fwd = self.policy(
-                        b.input_ids,
-                        b.attention_mask,
-                        temperature=self.temperature,
-                        first=b.first,
-                    )
-                    out.append((fwd.values if values else fwd.logprobs).float())
+                )
         return torch.cat(out)
+
+    def _policy_pass(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """The current policy's logprobs and values (None without a value head), (B, T) each,
+        from one forward pass per micro-batch without grad."""
+        logprobs, values = [], []
+        with torch.no_grad(), self.autocast:
+            for b in self._micro_batches(batch):
+                fwd = self.policy(
+                    b.input_ids, b.attention_mask, temperature=self.temperature, first=b.first
+                )
+                logprobs.append(fwd.logprobs.float())
+                if fwd.values is not None:
+                    values.append(fwd.values.float())
+        return torch.cat(logprobs), (torch.cat(values) if values else None)
+
+    def _micro_batches(self, batch: Batch):
+        mb = self.trainer.micro_batch
+        for s in range(0, batch.input_ids.shape[0], mb):
+            yield batch.rows(slice(s, s + mb))
 
     # --- optimisation -----------------------------------------------------------------------
 
@@ -170,15 +176,19 @@ class Update:
         """``algo.epochs`` optimizer steps over the batch, accumulating over micro-batches."""
         B = batch.input_ids.shape[0]
         norm = self.aggregation.norm(batch.mask, self.max_tokens)
-        mb = self.trainer.micro_batch
+        # The correction not made yet (GRPO): the first epoch's own forward pass, made before
+        # the first optimizer step, gives the trainer's behaviour logprobs of each micro-batch;
+        # a separate no-grad pass would compute the same numbers again.
+        sampler_lp = batch.old_logprobs.clone() if self._pending(batch) else None
+        if sampler_lp is not None:
+            batch.is_weights = torch.zeros_like(batch.old_logprobs)
         totals: dict[str, float] = {}  # summed over micro-batches and epochs
         ratio_max = 0.0
-        for _ in range(self.algo.epochs):
+        for epoch in range(self.algo.epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            for s in range(0, B, mb):
-                b = batch.rows(slice(s, s + mb))
+            for b in self._micro_batches(batch):
                 weight = self.aggregation.micro_weight(b.input_ids.shape[0], B)
-                loss, stats = self._loss(b, norm)
+                loss, stats = self._loss(b, norm, correct=sampler_lp is not None and epoch == 0)
                 (loss * weight).backward()
                 ratio_max = max(ratio_max, float(stats.pop("loss/ratio_max")))
                 for k, v in stats.items():
@@ -192,9 +202,21 @@ class Update:
             totals["loss/grad_norm"] = totals.get("loss/grad_norm", 0.0) + float(grad_norm)
             self.optimizer.step()
         means = {k: v / self.algo.epochs for k, v in totals.items()}
+        if sampler_lp is not None:
+            self._correction_stats(batch.old_logprobs, sampler_lp, batch.mask)
         return {**means, "loss/ratio_max": ratio_max, **self.correction_stats}
 
-    def _loss(self, b: Batch, norm: float) -> tuple[Tensor, dict[str, Any]]:
+    def _pending(self, batch: Batch) -> bool:
+        """True when the sampler correction is on and not yet applied to ``batch``."""
+        return self.correction != "off" and batch.is_weights is None
+
+    def _correction_stats(self, trainer_lp: Tensor, sampler_lp: Tensor, mask: Tensor) -> None:
+        _, stats = L.sampler_is_weights(
+            trainer_lp, sampler_lp, mask, level=self.correction, cap=self.algo.correction_cap
+        )
+        self.correction_stats = {f"rollout/{k}": float(v) for k, v in stats.items()}
+
+    def _loss(self, b: Batch, norm: float, correct: bool = False) -> tuple[Tensor, dict[str, Any]]:
         with self.autocast:
             out = self.policy(
                 b.input_ids,
@@ -203,6 +225,8 @@ class Update:
                 with_entropy=True,
                 first=b.first,
             )
+        if correct:
+            self._correct_sampler(b, out.logprobs.detach().float())
         loss, stats = self._objective(out, b, norm)
         tokens = b.mask.sum().clamp(min=1)
         stats["entropy"] = (out.entropy * b.mask).sum() / tokens
@@ -268,6 +292,13 @@ class PPOUpdate(Update):
 
     def _credit(self, kept: list[Trajectory], batch: Batch) -> None:
         """Per-turn rewards on turn ends, per-token KL penalty, GAE (DESIGN §4)."""
+        logprobs, values = self._policy_pass(batch)  # one pass: the critic and the correction
+        assert values is not None, "PPO needs a policy with a value head"
+        if self._pending(batch):
+            sampler_lp = batch.old_logprobs.clone()
+            self._correct_sampler(batch, logprobs)
+            self._correction_stats(logprobs, sampler_lp, batch.mask)
+        batch.old_values = values * batch.mask
         K = max(len(t.turns) for t in kept)
         turn_rewards = torch.zeros(len(kept), K, device=batch.mask.device)
         for i, t in enumerate(kept):
@@ -277,7 +308,6 @@ class PPOUpdate(Update):
             rewards = A.kl_penalised_rewards(
                 rewards, batch.old_logprobs, batch.ref_logprobs, batch.mask, beta=self.algo.beta
             )
-        batch.old_values = self._no_grad_pass(batch, reference=False) * batch.mask
         adv, batch.returns = A.gae(
             rewards, batch.old_values, batch.mask, gamma=self.algo.gamma, lam=self.algo.lam
         )

@@ -90,23 +90,75 @@ def test_auto_is_off_for_the_exact_sampler_and_token_level_otherwise():
     assert resolve_correction("sequence", RolloutConfig(backend="hf")) == "sequence"
 
 
-def test_the_update_recomputes_behaviour_logprobs_when_the_sampler_differs():
-    policy = make_policy()
+def off_sampler(policy, shift: float = 0.3):
+    """Trajectories whose sampler logprobs are ``shift`` nats below the trainer's on every token."""
     trajs = trajectories(policy)
-    for t in trajs:  # a sampler that is off by 0.3 nats on every token
+    for t in trajs:
         for turn in t.turns:
-            turn.completion_logprobs = turn.completion_logprobs - 0.3
-    off = make_update(policy, correction="off")
+            turn.completion_logprobs = turn.completion_logprobs - shift
+    return trajs
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_the_update_recomputes_behaviour_logprobs_when_the_sampler_differs(algo):
+    policy = make_policy(value_head=algo == "ppo")
+    trajs = off_sampler(policy)
+    off = make_update(policy, name=algo, correction="off")
     b_off = off.make_batch(trajs)
-    on = make_update(policy, correction="token", correction_cap=10.0)
+    on = make_update(policy, name=algo, correction="token", correction_cap=10.0)
     b_on = on.make_batch(trajs)
+    stats = on.step(b_on)  # GRPO: the first epoch's own forward pass supplies them
     sampled = b_on.mask.bool()
     # With the correction the ratio's denominator is the trainer's own logprob: +0.3 back.
     torch.testing.assert_close(b_on.old_logprobs[sampled], b_off.old_logprobs[sampled] + 0.3)
     torch.testing.assert_close(
         b_on.is_weights[sampled], torch.full_like(b_on.is_weights[sampled], math.exp(0.3))
     )
-    stats = on.step(b_on)
     assert stats["rollout/sampler_kl"] == pytest.approx(math.exp(0.3) - 1 - 0.3, rel=1e-4)
     assert stats["rollout/is_capped_frac"] == 0.0
     assert "rollout/sampler_kl" not in off.step(b_off)
+
+
+class CountingForward:
+    """Counts the policy's forward calls (the real forward runs)."""
+
+    def __init__(self, policy):
+        self.calls = 0
+        self.forward = policy.forward
+        policy.forward = self
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_grpo_takes_the_behaviour_logprobs_from_its_first_epoch_without_an_extra_pass(epochs):
+    """The deferred correction (logprobs from epoch 1's own forward, made before any optimizer
+    step) moves the weights exactly as a separate no-grad pass before the update does, with one
+    forward pass per micro-batch fewer."""
+    results = {}
+    for mode in ("deferred", "separate"):
+        policy = make_policy(lora=True)
+        trajs = off_sampler(policy)
+        update = make_update(
+            policy, lr=0.5, micro_batch=3, correction="sequence", correction_cap=1.2, epochs=epochs
+        )
+        batch = update.make_batch(trajs)
+        counter = CountingForward(policy)
+        if mode == "separate":
+            lp, _ = update._policy_pass(batch)
+            update._correct_sampler(batch, lp)
+        stats = update.step(batch)
+        results[mode] = (
+            [p.detach().clone() for p in policy.trainable_parameters()],
+            counter.calls,
+            stats,
+        )
+    (w_def, n_def, s_def), (w_sep, n_sep, _) = results["deferred"], results["separate"]
+    for a, b in zip(w_def, w_sep, strict=True):
+        torch.testing.assert_close(a, b)
+    micro_batches = math.ceil(len(off_sampler(make_policy())) / 3)
+    assert n_sep - n_def == micro_batches
+    assert n_def == epochs * micro_batches
+    assert s_def["rollout/sampler_kl"] > 0
