@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ptgym.checkpoint import list_checkpoints
-from ptgym.metrics import read_metrics
+from ptgym.metrics import passed, read_metrics
 from ptgym.store import TrajectoryStore
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +85,34 @@ def evaluate(out: Path, args: argparse.Namespace, model: str, adapter: Path | No
 
 def stderr(p: float, n: float) -> float:
     return math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def solved(run: Path) -> dict[str, bool]:
+    """Per held-out task (its task id): solved by that eval's one greedy episode."""
+    return {t.task_id: passed(t) for t in TrajectoryStore(run) if t.error is None}
+
+
+def gain(before: dict[str, bool], after: dict[str, bool]) -> dict[str, float]:
+    """The change in pass@1 over the tasks both evals scored, with two standard errors: the
+    unpaired one (two independent binomials) and the paired one (the same tasks before and
+    after: only the tasks that changed carry variance, as in McNemar's test)."""
+    tasks = sorted(before.keys() & after.keys())
+    n = len(tasks)
+    fixed = sum(after[t] and not before[t] for t in tasks)  # wrong before, right after
+    broken = sum(before[t] and not after[t] for t in tasks)
+    p0 = sum(before[t] for t in tasks) / max(n, 1)
+    p1 = sum(after[t] for t in tasks) / max(n, 1)
+    diff = p1 - p0
+    unpaired = math.sqrt(stderr(p0, n) ** 2 + stderr(p1, n) ** 2) if n else float("nan")
+    paired = math.sqrt(max(fixed + broken - n * diff**2, 0.0)) / n if n else float("nan")
+    return {
+        "tasks": n,
+        "gain": diff,
+        "se_unpaired": unpaired,
+        "se_paired": paired,
+        "fixed": fixed,
+        "broken": broken,
+    }
 
 
 def _polyline(points: list[tuple[float, float]], color: str, dash: str = "") -> str:
@@ -225,6 +253,14 @@ def main() -> None:
             f"temperature {args.eval_temperature}, {res['rollout/response_tokens']:.0f} tokens, "
             f"{res['wall_s']:.0f} s{calls})"
         )
+    change = gain(solved(root / "eval-before"), solved(root / "eval-after"))
+    print(
+        f"held-out gain {change['gain']:+.3f} over {change['tasks']} tasks ({change['fixed']} "
+        f"fixed, {change['broken']} broken): {change['gain'] / change['se_unpaired']:.1f} "
+        f"standard errors unpaired (s.e. {change['se_unpaired']:.3f}), "
+        f"{change['gain'] / max(change['se_paired'], 1e-9):.1f} paired (s.e. "
+        f"{change['se_paired']:.3f})"
+    )
     print(
         f"warm start {warm_s:.0f} s; train: {len(rows)} steps in {train_s:.0f} s; load average "
         f"(1/5/15 min) at start {' '.join(f'{x:.2f}' for x in load_start)}, at end "
@@ -234,6 +270,7 @@ def main() -> None:
         "title": f"ptgym train env={args.env} model={args.model}, {len(rows)} steps"
         + (f", SFT warm start on {args.demos} demos" if args.demos else ""),
         "evals": evals,
+        "gain": change,
         "warm_s": warm_s,
         "train_s": train_s,
         "rewards": rows,

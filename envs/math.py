@@ -17,8 +17,16 @@ made on demand (~30 us each). ``reset(seed=s)`` draws the generator and the item
 ``self.np_random``, so the same seed gives the same problem. Splits: ``train`` uses reasoning-gym
 seed ``dataset_seed``, ``test`` uses ``dataset_seed + 2**31``; reasoning-gym seeds item ``i``
 with ``seed + i``, so the two never share an item seed, and the test split also drops every
-problem whose question text occurs in the train split (small problem spaces repeat), so
-held-out eval never sees a training question. Building that filter costs ~60 us per item once.
+problem whose question text occurs in the train split (small problem spaces repeat), and every
+repeat of a question within itself, so held-out eval never sees a training question and scores
+each problem once. Building that filter costs ~60 us per item once. The test split draws
+``test_size`` items (default ``dataset_size``): a small problem space can train on a few problems
+(a small ``dataset_size``) and hold out all the rest (a large ``test_size``).
+
+Which problem a seed gives: in the train split, ``reset(seed=s)`` draws it from
+``self.np_random``. In the test split it sweeps a fixed shuffle of the held-out problems:
+seed ``s`` gives problem ``order[s % num_tasks]``, so ``ptgym eval tasks=N`` (consecutive seeds)
+scores N distinct problems whenever N <= ``num_tasks``, instead of drawing with replacement.
 
 ## Action space
 
@@ -54,6 +62,7 @@ numeric answer, or with ``hints=False``, the feedback is the plain "Try again" s
 - ``generator_config``: ``{name: {field: value}}`` passed to that generator's config; wins over
   ``difficulty`` (e.g. ``{"basic_arithmetic": {"max_digits": 2}}``).
 - ``dataset_size``: problems per generator. ``dataset_seed``: reasoning-gym seed.
+- ``test_size``: items the test split draws per generator before its filter (None: dataset_size).
 - ``split``: ``"train"`` or ``"test"``. ``max_attempts``: replies per episode.
 - ``format_reward``, ``attempt_discount``, ``hints``: see Rewards and Hints.
 - ``system_prompt``: the system message (None: no system message).
@@ -138,11 +147,20 @@ def _item(name: str, config_json: str, seed: int, size: int, index: int) -> tupl
 
 
 @lru_cache(maxsize=64)
-def _test_indices(name: str, config_json: str, seed: int, size: int) -> tuple[int, ...]:
-    """Test-split item indices whose question is not a train-split question."""
-    train = {_dataset(name, config_json, seed, size)[i]["question"] for i in range(size)}
-    test = _dataset(name, config_json, seed + TEST_SEED_OFFSET, size)
-    return tuple(i for i in range(size) if test[i]["question"] not in train)
+def _test_indices(
+    name: str, config_json: str, seed: int, size: int, test_size: int
+) -> tuple[int, ...]:
+    """Test-split item indices whose question is not a train-split question, each question's
+    first occurrence only."""
+    seen = {_dataset(name, config_json, seed, size)[i]["question"] for i in range(size)}
+    test = _dataset(name, config_json, seed + TEST_SEED_OFFSET, test_size)
+    keep = []
+    for i in range(test_size):
+        question = test[i]["question"]
+        if question not in seen:
+            seen.add(question)
+            keep.append(i)
+    return tuple(keep)
 
 
 class MathEnv(TextEnv):
@@ -155,6 +173,7 @@ class MathEnv(TextEnv):
         generator_config: dict[str, dict[str, Any]] | None = None,
         dataset_size: int = 10_000,
         dataset_seed: int = 0,
+        test_size: int | None = None,
         split: str = "train",
         max_attempts: int = 1,
         format_reward: float = 0.0,
@@ -166,8 +185,10 @@ class MathEnv(TextEnv):
         super().__init__(render_mode=render_mode)
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not 0 < dataset_size < TEST_SEED_OFFSET:
-            raise ValueError(f"dataset_size must be in [1, 2**31), got {dataset_size}")
+        test_size = dataset_size if test_size is None else test_size
+        for key, value in (("dataset_size", dataset_size), ("test_size", test_size)):
+            if not 0 < value < TEST_SEED_OFFSET:
+                raise ValueError(f"{key} must be in [1, 2**31), got {value}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         weights = dict.fromkeys(generators or DEFAULT_GENERATORS, 1.0)
@@ -187,14 +208,14 @@ class MathEnv(TextEnv):
         self.hints = hints
         self.system_prompt = system_prompt
         self._seed = dataset_seed + (TEST_SEED_OFFSET if split == "test" else 0)
-        self._size = dataset_size
+        self._size = test_size if split == "test" else dataset_size
         self._configs = {
             name: _generator_config(name, difficulty, (generator_config or {}).get(name, {}))
             for name in self.generators
         }
         self._indices = {
             name: (
-                _test_indices(name, self._configs[name], dataset_seed, dataset_size)
+                _test_indices(name, self._configs[name], dataset_seed, dataset_size, test_size)
                 if split == "test"
                 else range(dataset_size)
             )
@@ -207,6 +228,8 @@ class MathEnv(TextEnv):
                 "problem also appears in the train split; allow more problems (more digits or "
                 "terms) or use split='train'"
             )
+        # The test split's sweep order (see "Which problem a seed gives").
+        self._test_order = np.random.default_rng(dataset_seed).permutation(self.num_tasks)
         self.task_id = ""
         self.answer = ""
         self.attempt = 0
@@ -220,8 +243,10 @@ class MathEnv(TextEnv):
     def _task_id(self, name: str, index: int) -> str:
         return f"{name}/test/{index}" if self.split == "test" else f"{name}/{index}"
 
-    def _pick(self, options: dict[str, Any] | None) -> tuple[str, int]:
-        options = options or {}
+    def _pick(self, options: dict[str, Any] | None, seed: int | None) -> tuple[str, int]:
+        options = dict(options or {})
+        if not options and self.split == "test" and seed is not None:
+            options["index"] = int(self._test_order[seed % self.num_tasks])
         if "task_id" in options:
             task_id = str(options["task_id"])
             name, _, index = task_id.rpartition("/")
@@ -253,7 +278,7 @@ class MathEnv(TextEnv):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         super().reset(seed=seed)
-        name, index = self._pick(options)
+        name, index = self._pick(options, seed)
         question, self.answer = _item(name, self._configs[name], self._seed, self._size, index)
         self.task_id = self._task_id(name, index)
         self.attempt = 0

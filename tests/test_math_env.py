@@ -156,6 +156,25 @@ def test_test_split_never_repeats_a_train_question() -> None:
     assert 0 < test.num_tasks < 50
 
 
+def test_a_small_train_set_holds_out_every_other_problem_once_and_seeds_sweep_it() -> None:
+    """``test_size`` draws the test split apart from ``dataset_size``; repeats are dropped, and
+    consecutive seeds (what ``ptgym eval tasks=N`` uses) give distinct held-out problems."""
+    train = sums_env(dataset_size=20)
+    test = sums_env(dataset_size=20, test_size=3000, split="test")
+    train_questions = {
+        train.reset(options={"index": i})[0][-1]["content"] for i in range(train.num_tasks)
+    }
+    swept = [test.reset(seed=1_000_000 + i)[0][-1]["content"] for i in range(test.num_tasks)]
+    everything = {test.reset(options={"index": i})[0][-1]["content"] for i in range(test.num_tasks)}
+    # 121 sums (this generator's "one digit" runs 0..10): 3000 draws find every untrained one
+    assert len(swept) == len(set(swept)) == 121 - len(train_questions)
+    assert set(swept) == everything and not everything & train_questions
+    assert test.reset(seed=7)[0] == test.reset(seed=7 + test.num_tasks)[0]  # the sweep wraps
+    assert sums_env(test_size=3000).num_tasks == 10_000  # the train split ignores test_size
+    with pytest.raises(ValueError, match="test_size"):
+        sums_env(test_size=0)
+
+
 def test_difficulty_and_generator_config_shape_the_problems() -> None:
     question = sums_env().reset(seed=0)[0][-1]["content"]
     assert question.startswith("Calculate ") and " + " in question
