@@ -271,17 +271,19 @@ def compose(schema: type, args: list[str]) -> Any:
     pairs = parse_overrides(args)
     valid = _keys(schema)
     sections = {f.name for f in fields(schema)}
-    for key, value in pairs:
-        if key in GROUPS and key not in valid_groups(schema):
+    # Presets merge in the fixed order of GROUPS, whatever the order typed: the model's preset
+    # (model=tiny: full fine-tuning, its own trainer.lr) wins over an env's tuned defaults.
+    grouped = sorted((p for p in pairs if p[0] in GROUPS), key=lambda p: GROUPS.index(p[0]))
+    for key, value in grouped:
+        if key not in valid_groups(schema):
             raise ConfigError(
                 f"{key}= does not apply to this command; its config groups: "
                 f"{', '.join(valid_groups(schema)) or 'none'}"
             )
-        if key in GROUPS:
-            preset = _group_preset(key, value, schema)
-            # A preset may also set sections this command lacks (model=tiny sets trainer.lr).
-            preset = OmegaConf.masked_copy(preset, [k for k in preset if k in sections])
-            cfg = _merge(cfg, preset, f"{key}={value}", valid)
+        preset = _group_preset(key, value, schema)
+        # A preset may also set sections this command lacks (model=tiny sets trainer.lr).
+        preset = OmegaConf.masked_copy(preset, [k for k in preset if k in sections])
+        cfg = _merge(cfg, preset, f"{key}={value}", valid)
     dotted = [f"{k}={v}" for k, v in pairs if k not in GROUPS]
     for item in dotted:
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), item, valid)

@@ -49,6 +49,19 @@ def test_a_preset_given_after_a_dotted_key_does_not_undo_it():
     assert cfg.sampling.max_new_tokens == 7
 
 
+@pytest.mark.parametrize(
+    "args", [["env=math", "model=tiny", "algo=dr-grpo"], ["algo=dr-grpo", "model=tiny", "env=math"]]
+)
+def test_presets_merge_in_a_fixed_order_whatever_order_they_are_typed(args):
+    """env, then model, then algo: the tiny model's full-fine-tuning lr beats the math preset's
+    LoRA lr, and the env's tuned algo keys survive an algo preset that does not set them."""
+    cfg = C.compose(C.TrainCommand, args)
+    assert (cfg.trainer.lr, cfg.lora.enabled) == (0.001, False)
+    assert (cfg.rollout.tasks, cfg.rollout.group, cfg.algo.dynamic_sampling) == (8, 8, True)
+    assert cfg.algo.scale_std is False  # dr-grpo's own key
+    assert C.compose(C.TrainCommand, ["env=math"]).trainer.lr == 3e-4
+
+
 def test_aliases_expand_to_their_keys():
     cfg = C.compose(C.TrainCommand, ["steps=7", "k=3", "tasks=2", "seed=5", "credit=turn"])
     assert (cfg.trainer.steps, cfg.rollout.group, cfg.rollout.tasks, cfg.rollout.seed) == (
