@@ -15,10 +15,10 @@ per step when the env reports ``valid_tool_call`` (math-tools), the mean reward 
 last fifth of the run, and pass@1 of each eval with a binomial standard error. Writes
 ``summary.json`` and ``curve.svg`` beside it: reward (and tool-call rate) per step, and pass@1
 before/after with +-1 standard error bars. The SVG is written by hand (no plotting dependency);
-``--plot SUMMARY`` redraws it from an existing summary. The math defaults fit ~20-30 minutes on a
+``--plot SUMMARY`` redraws it from an existing summary. The math defaults take ~11 minutes on a
 quiet 2-core CPU.
 
-    python bench/bench_learning.py [--env math] [--steps 20] [--eval-tasks 128] [--train K=V ...]
+    python bench/bench_learning.py [--env math] [--steps 30] [--eval-tasks 145] [--train K=V ...]
     python bench/bench_learning.py --env math-tools --demos 200 --steps 30
 """
 
@@ -188,8 +188,10 @@ def write_svg(summary: dict[str, Any], path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="math", help="env= (math, math-tools, ...)")
-    parser.add_argument("--steps", type=int, default=20, help="trainer.steps")
-    parser.add_argument("--eval-tasks", type=int, default=128, help="held-out tasks per eval")
+    parser.add_argument("--steps", type=int, default=30, help="trainer.steps")
+    parser.add_argument(
+        "--eval-tasks", type=int, default=145, help="held-out tasks per eval (math: all 145)"
+    )
     parser.add_argument("--eval-temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--model", default="smollm2-135m", help="model=")
     parser.add_argument("--demos", type=int, default=0, help="SFT warm start on N env demos")

@@ -96,6 +96,7 @@ def make_spec(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "warmup": args.warmup,
         "threads": args.threads,
         "lr": args.lr,
+        "sampler": args.sampler,
         "prompts": prompts,
         "out": str(out),
     }
@@ -132,6 +133,8 @@ def worker_ptgym(spec: dict[str, Any]) -> dict[str, Any]:
             "algo.clip_low=0.2",
             "algo.clip_high=0.28",
             "algo.aggregation=token-mean",
+            "algo.dynamic_sampling=false",  # TRL trains on every group (the math preset drops some)
+            f"rollout.sampler={spec.get('sampler', 'exact')}",
             f"lora.target_modules=[{','.join(LORA['targets'])}]",
             f"lora.r={LORA['r']}",
             f"lora.alpha={LORA['alpha']}",
@@ -341,7 +344,7 @@ def report(spec: dict[str, Any], res: dict[str, Any], loads: list[tuple[float, .
         f"\nload average (1/5/15 min) at start and after each side: "
         f"{'; '.join(_join(load, '.2f') for load in loads)}; "
         f"threads {spec['threads']}; {spec['rounds']} round(s) of {spec['steps']} measured steps "
-        "(each after its warm-up)"
+        f"(each after its warm-up); ptgym rollout.sampler={spec.get('sampler', 'exact')}"
     )
     if "ptgym" in res:
         print(
@@ -401,6 +404,12 @@ def main() -> None:
         help="results folder (a fresh subfolder per run)",
     )
     parser.add_argument("--only", choices=["ptgym", "trl"], help="run one side only")
+    parser.add_argument(
+        "--sampler",
+        choices=["exact", "int8"],
+        default="exact",
+        help="ptgym's rollout.sampler (int8: the quantized CPU decoder, with its correction)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=2, help="runs of each side, in ABBA order (TRL, ptgym, ...)"
     )
