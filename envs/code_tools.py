@@ -63,6 +63,10 @@ reward is 0.0, a failure of the infrastructure, not a score (the trainer drops i
 
 ## Arguments
 
+- ``tasks``: the task set. ``"humaneval"`` (default): the 164 HumanEval problems, the benchmark.
+  ``"practice"``: small functions written for the warm start (``ptgym.envs.practice_tasks``, not
+  HumanEval), so that demonstrations (``ptgym envs demos code-tools``) never train on the
+  benchmark; same prompts, tools and grader.
 - ``pool``: a ``SandboxPool`` to use; None shares one per process, made on first use with
   ``pool_size`` containers and ``sandbox`` (a ``SandboxConfig`` or a dict of its fields).
 - ``max_turns``: replies per episode. ``time_limit_s``: wall-clock budget per episode.
@@ -73,7 +77,8 @@ reward is 0.0, a failure of the infrastructure, not a score (the trainer drops i
   submit) on a toy task that is not in HumanEval: the warm start for small models, which
   rarely write a valid call from the tool list alone (SmolLM2's template ignores ``tools=``).
 
-``reset(options=...)``: ``{"task_id": "HumanEval/7"}`` or ``{"index": i}`` (``num_tasks`` = 164);
+``reset(options=...)``: ``{"task_id": "HumanEval/7"}`` or ``{"index": i}`` (``num_tasks``: 164, or
+the number of practice tasks);
 otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``tools``,
 ``task_id``, ``entry_point``; after each step ``turn`` and ``tool_calls``; after ``submit``
 ``tests`` (per test ``name``/``passed``/``error``), ``passed``, ``total``.
@@ -96,10 +101,12 @@ from typing import Any
 from ptgym.agents.toolcalls import format_errors, format_tool_result, parse_tool_calls
 from ptgym.env import TextEnv, action_text
 from ptgym.envs.humaneval_tasks import VISIBLE_RUNNER, Task, grade, load_tasks
+from ptgym.envs.practice_tasks import load_practice_tasks
 from ptgym.sandbox import ExecResult, SandboxConfig, SandboxError, SandboxPool
 from ptgym.types import Action, ToolCall
 
 SOLUTION = "solution.py"
+TASK_SETS = {"humaneval": load_tasks, "practice": load_practice_tasks}
 # The workspace carried between calls (the files the host keeps): what a call leaves beyond these
 # is not kept, and the tool result says so. Inside a call, SandboxConfig's work_size, work_inodes
 # and max_file_size limit what the agent's code can write at all (ENOSPC / EFBIG).
@@ -150,12 +157,18 @@ REMINDER = (
     'No tool call found. Call a tool with <tool_call>{"name": "submit", "arguments": {}}'
     "</tool_call> (tools: run_python, write_file, read_file, run_tests, submit)."
 )
+
+
+def tool_call_text(name: str, **arguments: Any) -> str:
+    """The Hermes-format call of tool ``name`` (what ``FEW_SHOT`` and the demonstrations write)."""
+    return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+
+
 _EXAMPLE_CODE = 'def double(x):\n    """Return 2 * x."""\n    return 2 * x\n'
 FEW_SHOT = "\n\nExample (a toy task, not yours):\nuser: Implement `double` ...\nassistant: " + (
-    "<tool_call>"
-    + json.dumps({"name": "write_file", "arguments": {"path": SOLUTION, "content": _EXAMPLE_CODE}})
-    + f"</tool_call>\ntool: wrote {len(_EXAMPLE_CODE.encode())} bytes to {SOLUTION}\nassistant: "
-    + '<tool_call>{"name": "submit", "arguments": {}}</tool_call>'
+    tool_call_text("write_file", path=SOLUTION, content=_EXAMPLE_CODE)
+    + f"\ntool: wrote {len(_EXAMPLE_CODE.encode())} bytes to {SOLUTION}\nassistant: "
+    + tool_call_text("submit")
 )
 _PY_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -221,6 +234,7 @@ class CodeToolsEnv(TextEnv):
 
     def __init__(
         self,
+        tasks: str = "humaneval",
         pool: SandboxPool | None = None,
         max_turns: int = 10,
         tool_call_penalty: float = 0.0,
@@ -235,6 +249,12 @@ class CodeToolsEnv(TextEnv):
         render_mode: str | None = None,
     ):
         super().__init__(render_mode=render_mode)
+        if tasks not in TASK_SETS:
+            raise ValueError(
+                f"unknown tasks={tasks!r} for CodeToolsEnv; choose one of {', '.join(TASK_SETS)}"
+            )
+        self.task_set = tasks
+        self.tasks = TASK_SETS[tasks]()
         self._pool = pool
         self.pool_size = pool_size
         self.sandbox_config = (
@@ -248,7 +268,6 @@ class CodeToolsEnv(TextEnv):
         self.grade_budget_s = grade_budget_s
         self.max_result_chars = max_result_chars
         self.few_shot = few_shot
-        self.tasks = load_tasks()
         self.task: Task | None = None
         self.files: dict[str, bytes] = {}
         self.turn = self.tool_calls = 0
@@ -270,7 +289,11 @@ class CodeToolsEnv(TextEnv):
         if "task_id" in options:
             by_id = {t.task_id: t for t in self.tasks}
             if options["task_id"] not in by_id:
-                raise ValueError(f"unknown task_id {options['task_id']!r}; use HumanEval/0..163")
+                first, last = self.tasks[0].task_id, self.tasks[-1].task_id
+                raise ValueError(
+                    f"unknown task_id {options['task_id']!r} in the {self.task_set} tasks; "
+                    f"use {first}..{last}"
+                )
             return by_id[options["task_id"]]
         if "index" in options:
             return self.tasks[int(options["index"]) % len(self.tasks)]

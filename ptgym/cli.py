@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     demos = envs_sub.add_parser(
         "demos", help="write an env's own solved episodes as SFT data (TRL messages JSONL)"
     )
-    demos.add_argument("env", help="env short name (math-tools)")
+    demos.add_argument("env", help="env short name (math-tools, code-tools)")
     demos.add_argument("overrides", nargs="*", metavar="key=value", help="n=200 out=demos.jsonl")
     demos.set_defaults(fn=cmd_envs_demos)
 

@@ -10,6 +10,11 @@ answer the env scored 1.0. An episode that does not score 1.0 is not written, an
 
 - ``math-tools``: call ``python`` with ``print(<the question's expression>)``, then answer with
   the number the tool printed (read from the tool's observation, not from the gold answer).
+- ``code-tools``: on the env's *practice* tasks (``CodeToolsEnv(tasks="practice")``, written for
+  this, never HumanEval, the benchmark the env is scored on): ``write_file`` of ``solution.py``
+  holding the prompt and the task's reference body, then ``submit``, the two calls ``FEW_SHOT``
+  shows; the env's hidden tests must pass them all. The practice tasks have no test split (the
+  held-out set is HumanEval itself), so ``split=test`` is an error.
 
 The system message holds the env's prompt with the tool instructions that
 ``ptgym.agents.chat.ChatRenderer`` injects for templates that ignore ``tools=`` (SmolLM2's), so
@@ -18,6 +23,8 @@ The system message holds the env's prompt with the tool instructions that
     ptgym envs demos math-tools n=200 out=demos.jsonl
     ptgym sft data=demos.jsonl trainer.epochs=1 out=runs/warm
     ptgym train env=math-tools model=runs/warm/model
+
+    ptgym envs demos code-tools n=200 out=demos.jsonl   # practice tasks, not HumanEval
 """
 
 from __future__ import annotations
@@ -31,15 +38,15 @@ from typing import Any
 from ptgym.agents.chat import tools_system_prompt
 from ptgym.config import opt
 
-ENVS = ("math-tools",)
-
 
 @dataclass
 class DemosCommand:
     n: int = opt(200, "demonstrations to write", minimum=1)
     out: str = opt("demos.jsonl", "the JSONL file to write (TRL conversational 'messages')")
     seed: int = opt(0, "episode i is reset with seed + i")
-    split: str = opt("train", "the env's task split", choices=("train", "test"))
+    split: str = opt(
+        "train", "the env's task split (code-tools has only train)", choices=("train", "test")
+    )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
 
@@ -93,13 +100,65 @@ def math_tools_demos(
     return rows, failed
 
 
+def code_tools_demos(
+    n: int, *, seed: int = 0, split: str = "train", env: Any = None, **kwargs: Any
+) -> tuple[list[dict[str, Any]], int]:
+    """``(rows, failed)`` as ``math_tools_demos``, for CodeTools on its practice tasks: episode
+    ``i`` plays practice task ``(seed + i) % num_tasks``, so ``n`` of them cover the set evenly."""
+    from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
+
+    if split != "train":
+        raise ValueError(
+            f"code-tools demonstrations come from the practice tasks, which have no {split!r} "
+            "split (HumanEval is the held-out set); leave split=train"
+        )
+    if kwargs.get("tasks", "practice") != "practice":
+        raise ValueError("code-tools demonstrations use tasks=practice only, never HumanEval")
+    env = env or CodeToolsEnv(**{**kwargs, "tasks": "practice"})
+    if env.task_set != "practice":
+        raise ValueError("code-tools demonstrations need a CodeToolsEnv(tasks='practice')")
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    i = 0
+    while len(rows) < n:
+        if failed > max(10, n):
+            raise RuntimeError(
+                f"{failed} of {i} demonstrations did not solve their task; see above"
+            )
+        _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
+        i += 1
+        code = env.task.prompt + env.task.canonical_solution
+        _, _, _, truncated, step_info = env.step(
+            tool_call_text("write_file", path=SOLUTION, content=code)
+        )
+        if truncated or "error" in step_info:
+            failed += 1
+            continue
+        _, _, terminated, _, final = env.step(tool_call_text("submit"))
+        # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
+        if not (terminated and final.get("total") and final["passed"] == final["total"]):
+            failed += 1
+            continue
+        rows.append(
+            {
+                "messages": _with_tools(env.messages, info["tools"]),
+                "task_id": info["task_id"],
+                "reward": final["passed"] / final["total"],
+            }
+        )
+    return rows, failed
+
+
+ENVS = {"math-tools": math_tools_demos, "code-tools": code_tools_demos}  # env -> generator
+
+
 def write_demos(env_name: str, cfg: DemosCommand, log: Any = print) -> Path:
     """Play ``cfg.n`` solved episodes of ``env_name`` and write them to ``cfg.out`` atomically."""
     if env_name not in ENVS:
         raise ValueError(
             f"no demonstration generator for env {env_name!r}; available: {', '.join(ENVS)}"
         )
-    rows, failed = math_tools_demos(cfg.n, seed=cfg.seed, split=cfg.split, **cfg.kwargs)
+    rows, failed = ENVS[env_name](cfg.n, seed=cfg.seed, split=cfg.split, **cfg.kwargs)
     path = Path(cfg.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

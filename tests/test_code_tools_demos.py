@@ -1,0 +1,170 @@
+"""CodeTools' practice tasks and the demonstrations played on them: every task is solvable by its
+own reference body through the real grader, a wrong body is not, and no demonstration touches
+HumanEval, the benchmark the env is scored on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ptgym.agents.toolcalls import parse_tool_calls
+from ptgym.demos import _with_tools, code_tools_demos
+from ptgym.envs.code_tools import SOLUTION, TOOLS, CodeToolsEnv, tool_call_text
+from ptgym.envs.humaneval_tasks import load_tasks
+from ptgym.envs.practice_tasks import load_practice_tasks
+from ptgym.sft import read_conversations
+from tests.sandbox_fixtures import fixture_sandbox_image, fixture_sandbox_pool  # noqa: F401
+
+PRACTICE = load_practice_tasks()
+
+
+def play(pool, task, solution: str) -> tuple[dict, list]:
+    """write solution -> run_tests -> submit on a practice task; (last info, observations)."""
+    env = CodeToolsEnv(tasks="practice", pool=pool)
+    env.reset(options={"task_id": task.task_id})
+    seen = []
+    for action in [
+        tool_call_text("write_file", path=SOLUTION, content=solution),
+        tool_call_text("run_tests"),
+        tool_call_text("submit"),
+    ]:
+        obs, _, terminated, _, info = env.step(action)
+        seen += obs
+        assert "error" not in info, info["error"]
+    assert terminated
+    return info, seen
+
+
+def rl_system_message() -> dict:
+    """The system message RL renders for code-tools (HumanEval), as ``_with_tools`` writes it."""
+    obs, info = CodeToolsEnv().reset(seed=0)
+    return _with_tools(obs, info["tools"])[0]
+
+
+# ---- without Docker ---------------------------------------------------------------------------
+
+
+def test_practice_tasks_are_fixed_and_none_is_a_humaneval_task():
+    assert 60 <= len(PRACTICE) <= 100
+    assert [t.task_id for t in PRACTICE] == [f"practice/{i}" for i in range(len(PRACTICE))]
+    assert load_practice_tasks.__wrapped__() == PRACTICE  # rebuilt from the tables: the same
+    humaneval = load_tasks()
+    names = [t.entry_point for t in PRACTICE]
+    assert len(set(names)) == len(names)
+    assert not set(names) & {t.entry_point for t in humaneval}
+    assert not {t.prompt for t in PRACTICE} & {t.prompt for t in humaneval}
+
+
+def test_each_prompt_shows_two_different_examples_and_the_tests_call_the_candidate():
+    for task in PRACTICE:
+        assert len(task.examples) == 2, task.task_id
+        assert task.examples[0][1] != task.examples[1][1], task.task_id
+        asserts = task.test.splitlines()[1:]
+        assert len(asserts) >= 5 and all(a.startswith("    assert candidate(") for a in asserts)
+    add_two = PRACTICE[0]
+    assert add_two.prompt == (
+        "def add_two(x: int) -> int:\n"
+        '    """Return x plus 2.\n'
+        "    >>> add_two(0)\n    2\n"
+        "    >>> add_two(5)\n    7\n"
+        '    """\n'
+    )
+    assert add_two.canonical_solution == "    return x + 2\n"
+    assert add_two.test.splitlines()[1:4] == [
+        "    assert candidate(0) == 2",
+        "    assert candidate(5) == 7",
+        "    assert candidate(-3) == -1",
+    ]
+
+
+def test_the_task_set_is_chosen_by_name_and_a_wrong_name_says_the_choices():
+    assert CodeToolsEnv().tasks == load_tasks()
+    env = CodeToolsEnv(tasks="practice")
+    assert env.tasks == PRACTICE and env.num_tasks == len(PRACTICE)
+    _, info = env.reset(options={"task_id": "practice/3"})
+    assert info["task_id"] == "practice/3"
+    with pytest.raises(ValueError, match=r"unknown tasks='bogus' for CodeToolsEnv; choose one of "):
+        CodeToolsEnv(tasks="bogus")
+    with pytest.raises(ValueError, match=r"in the practice tasks; use practice/0\.\.practice/"):
+        env.reset(options={"task_id": "HumanEval/0"})
+
+
+def test_demonstrations_refuse_humaneval_and_a_test_split():
+    with pytest.raises(ValueError, match="no 'test' split"):
+        code_tools_demos(1, split="test")
+    with pytest.raises(ValueError, match="tasks=practice only, never HumanEval"):
+        code_tools_demos(1, tasks="humaneval")
+    with pytest.raises(ValueError, match="need a CodeToolsEnv"):
+        code_tools_demos(1, env=CodeToolsEnv())
+
+
+# ---- with Docker ------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_every_practice_solution_scores_1_and_passes_its_examples(sandbox_pool):
+    def one(task):
+        info, obs = play(sandbox_pool, task, task.prompt + task.canonical_solution)
+        return info["passed"], info["total"], obs[1]["content"]
+
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        results = list(ex.map(one, PRACTICE))
+    for task, (passed, total, shown) in zip(PRACTICE, results, strict=True):
+        assert (passed, total) == (len(task.test.splitlines()) - 1,) * 2, task.task_id
+        assert shown.endswith("2/2 visible examples passed\n"), (task.task_id, shown)
+
+
+@pytest.mark.docker
+def test_a_wrong_body_scores_the_fraction_of_asserts_it_passes(sandbox_pool):
+    task = next(t for t in PRACTICE if t.entry_point == "clamp_percent")
+    info, obs = play(sandbox_pool, task, task.prompt + "    return p\n")  # never clamps
+    assert [t["passed"] for t in info["tests"]] == [True, False, False, True, True, False, False]
+    assert obs[-1]["content"] == "submitted: 3/7 hidden tests passed"
+
+
+@pytest.mark.docker
+def test_demonstrations_write_the_reference_then_submit_and_score_1(sandbox_pool):
+    env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
+    rows, failed = code_tools_demos(6, seed=70, env=env)
+    assert failed == 0
+    # Episode i plays task (seed + i) % num_tasks: consecutive tasks, wrapping round the set.
+    expected = [f"practice/{(70 + i) % len(PRACTICE)}" for i in range(6)]
+    assert [r["task_id"] for r in rows] == expected
+    by_id = {t.task_id: t for t in PRACTICE}
+    rl_system = rl_system_message()
+    for row in rows:
+        assert not row["task_id"].startswith("HumanEval") and row["reward"] == 1.0
+        task, messages = by_id[row["task_id"]], row["messages"]
+        roles = [m["role"] for m in messages]
+        assert roles == ["system", "user", "assistant", "tool", "assistant", "tool"]
+        assert messages[0] == rl_system
+        assert f"Implement `{task.entry_point}`" in messages[1]["content"]
+        write, submit = (parse_tool_calls(messages[i]["content"], TOOLS) for i in (2, 4))
+        assert not write.errors and not submit.errors
+        assert [c.name for c in write.calls + submit.calls] == ["write_file", "submit"]
+        content = task.prompt + task.canonical_solution
+        assert write.calls[0].arguments == {"path": SOLUTION, "content": content}
+        assert messages[3]["content"] == f"wrote {len(content.encode())} bytes to {SOLUTION}"
+        n = len(task.test.splitlines()) - 1
+        assert messages[5]["content"] == f"submitted: {n}/{n} hidden tests passed"
+
+
+@pytest.mark.docker
+def test_cli_writes_code_tools_demos_that_sft_reads(tmp_path, sandbox_image):
+    out = tmp_path / "demos.jsonl"
+    cmd = [sys.executable, "-m", "ptgym.cli", "envs", "demos", "code-tools", "n=3", f"out={out}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "wrote 3 solved code-tools demonstrations" in run.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == ["practice/0", "practice/1", "practice/2"]
+    conversations = read_conversations(str(out), min_reward=1.0)
+    assert [len(m) for m, _ in conversations] == [6, 6, 6]
+    cmd = [sys.executable, "-m", "ptgym.cli", "envs", "demos", "code-tools", "split=test"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "no 'test' split" in run.stderr
