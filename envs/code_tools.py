@@ -80,7 +80,9 @@ reward is 0.0, a failure of the infrastructure, not a score (the trainer drops i
 ``reset(options=...)``: ``{"task_id": "HumanEval/7"}`` or ``{"index": i}`` (``num_tasks``: 164, or
 the number of practice tasks);
 otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``tools``,
-``task_id``, ``entry_point``; after each step ``turn`` and ``tool_calls``; after ``submit``
+``task_id``, ``entry_point``; after each step ``turn``, ``tool_calls``, ``valid_turns`` (replies so
+far with at least one call and no malformed one), ``valid_turn_frac`` and ``submitted``; after
+``submit``
 ``tests`` (per test ``name``/``passed``/``error``), ``passed``, ``total``.
 
 ## Version history
@@ -270,7 +272,7 @@ class CodeToolsEnv(TextEnv):
         self.few_shot = few_shot
         self.task: Task | None = None
         self.files: dict[str, bytes] = {}
-        self.turn = self.tool_calls = 0
+        self.turn = self.tool_calls = self.valid_turns = 0
         self._started = 0.0
         self._done = True
 
@@ -305,7 +307,7 @@ class CodeToolsEnv(TextEnv):
         super().reset(seed=seed)
         self.task = self._pick(options)
         self.files = {SOLUTION: self.task.prompt.encode()}
-        self.turn = self.tool_calls = 0
+        self.turn = self.tool_calls = self.valid_turns = 0
         self._started = time.monotonic()
         self._done = False
         tools = "\n".join(
@@ -380,7 +382,14 @@ class CodeToolsEnv(TextEnv):
         )
         self._done = terminated or truncated
         self.messages.extend(dict(m) for m in obs)
-        info.update(turn=self.turn, tool_calls=self.tool_calls)
+        self.valid_turns += bool(parsed.calls) and not parsed.errors
+        info.update(
+            turn=self.turn,
+            tool_calls=self.tool_calls,
+            valid_turns=self.valid_turns,
+            valid_turn_frac=self.valid_turns / self.turn,
+            submitted=terminated,
+        )
         return obs, reward, terminated, truncated, info
 
     def _solution(self) -> str:

@@ -76,6 +76,8 @@ def test_reply_without_tool_call_gets_a_reminder_and_python_block_is_saved():
     obs, reward, terminated, truncated, info = env.step('<tool_call>{"name": "nope"}</tool_call>')
     assert obs[0]["role"] == "tool" and "nope" in obs[0]["content"]
     assert (terminated, truncated, info["turn"]) == (False, True, 3)  # max_turns reached
+    # prose, a python block and an unknown tool: not one of the three replies was a valid call
+    assert (info["valid_turns"], info["valid_turn_frac"], info["submitted"]) == (0, 0.0, False)
     with pytest.raises(RuntimeError, match="after the episode ended"):
         env.step("more")
 
@@ -151,6 +153,7 @@ def test_canonical_solution_passes_visible_and_hidden_tests(sandbox_pool):
     assert obs[1]["content"].endswith("2/2 visible examples passed\n")
     assert obs[2]["content"] == "submitted: 7/7 hidden tests passed"
     assert (ret, info["passed"], info["total"]) == (1.0, 7, 7)
+    assert (info["valid_turn_frac"], info["submitted"]) == (1.0, True)
 
 
 @pytest.mark.docker
