@@ -33,8 +33,10 @@ import ptgym
 from ptgym import losses as L
 from ptgym.agents.models import load_model
 from ptgym.agents.toolcalls import format_errors, format_tool_result, parse_tool_calls
-from ptgym.config import LoraConfig, TrainCommand, compose
+from ptgym.checkpoint import list_checkpoints
+from ptgym.config import EvalCommand, LoraConfig, TrainCommand, compose
 from ptgym.env import TextEnv, action_text
+from ptgym.evaluate import run_eval_command
 from ptgym.metrics import read_metrics
 from ptgym.policy import Policy
 from ptgym.store import TrajectoryStore
@@ -47,6 +49,10 @@ CALL_SHARE = 0.8  # of the warm start's rows that call the tool (see the module 
 # Reached at CI size (30 steps of 128 episodes); issue 11 asks for 0.9, which this run does not
 # reach: measured, the 3-step mean stayed between 0.59 and 0.74 from step 14 to step 38.
 TARGET = 0.5
+# The trained policy decoding greedily on 100 fresh secrets. Issue 11 asks for 0.9; measured 0.71
+# after 30 steps and again after 45: the secrets whose copy the policy never samples give groups
+# that all score 0, which carry no GRPO gradient, so those digits stay wrong (the warm start: 0.10).
+GREEDY_TARGET = 0.6
 CALL = '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'
 LOOKUP = {
     "type": "function",
@@ -202,3 +208,29 @@ def test_grpo_learns_to_use_a_tool(tmp_path):
     best = smoothed.index(max(smoothed))
     late = [calls[s] for s in sorted(calls)[best : best + 3]]
     assert min(late) >= 0.8, f"reward rose without the tool? call rate {calls}"
+    # The trained policy, decoding greedily on fresh secrets, answers through the tool at least
+    # GREEDY_TARGET of the time (see there); the warm start, decoded the same way, is at chance.
+    before = greedy_reward(warm, tmp_path / "eval-warm")
+    trained = list_checkpoints(tmp_path / "run")[-1] / "model"
+    after = greedy_reward(str(trained), tmp_path / "eval-trained")
+    assert before["eval/pass@1"] < 0.3, f"warm start greedy {before}"
+    assert after["eval/pass@1"] >= GREEDY_TARGET, f"trained greedy {after} (curve {curve})"
+
+
+def greedy_reward(model: str, out) -> dict[str, float]:
+    """One greedy episode on each of 100 held-out seeds (``ptgym eval``)."""
+    cfg = compose(
+        EvalCommand,
+        [
+            "env=lookup-toy",
+            f"model={model}",
+            "model.device=cpu",
+            "tasks=100",
+            "k=1",
+            "sampling.temperature=0",
+            "sampling.max_new_tokens=24",
+            f"out={out}",
+        ],
+    )
+    cfg.model.chat_template = BARE_TEMPLATE
+    return run_eval_command(cfg)
