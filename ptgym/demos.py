@@ -71,32 +71,45 @@ def math_tools_demos(
     from ptgym.envs.math_tools import MathToolsEnv, tool_call_text
 
     env = env or MathToolsEnv(split=split, **kwargs)
+
+    def play(i: int) -> dict[str, Any] | None:
+        _, info = env.reset(seed=seed + i)
+        obs, _, _, truncated, step_info = env.step(tool_call_text(f"print({info['expression']})"))
+        if truncated or "error" in step_info or not obs:
+            return None
+        result = obs[-1]["content"].strip()
+        _, reward, terminated, _, final = env.step(f"The answer is \\boxed{{{result}}}.")
+        if not (terminated and reward == 1.0 and final.get("correct")):
+            return None
+        return _row(env, info, reward)
+
+    return _collect(n, play)
+
+
+def _row(env: Any, info: dict[str, Any], reward: float) -> dict[str, Any]:
+    return {
+        "messages": _with_tools(env.messages, info["tools"]),
+        "task_id": info["task_id"],
+        "reward": reward,
+    }
+
+
+def _collect(n: int, play: Any) -> tuple[list[dict[str, Any]], int]:
+    """``(rows, failed)``: calls ``play(i)`` for i = 0, 1, ... until ``n`` rows came back; a None
+    is an episode that did not solve its task. Gives up once more than max(10, n) failed."""
     rows: list[dict[str, Any]] = []
-    failed = 0
-    i = 0
+    failed = i = 0
     while len(rows) < n:
         if failed > max(10, n):
             raise RuntimeError(
                 f"{failed} of {i} demonstrations did not solve their task; see above"
             )
-        _, info = env.reset(seed=seed + i)
+        row = play(i)
         i += 1
-        obs, _, _, truncated, step_info = env.step(tool_call_text(f"print({info['expression']})"))
-        if truncated or "error" in step_info or not obs:
+        if row is None:
             failed += 1
-            continue
-        result = obs[-1]["content"].strip()
-        _, reward, terminated, _, final = env.step(f"The answer is \\boxed{{{result}}}.")
-        if not (terminated and reward == 1.0 and final.get("correct")):
-            failed += 1
-            continue
-        rows.append(
-            {
-                "messages": _with_tools(env.messages, info["tools"]),
-                "task_id": info["task_id"],
-                "reward": reward,
-            }
-        )
+        else:
+            rows.append(row)
     return rows, failed
 
 
@@ -117,36 +130,22 @@ def code_tools_demos(
     env = env or CodeToolsEnv(**{**kwargs, "tasks": "practice"})
     if env.task_set != "practice":
         raise ValueError("code-tools demonstrations need a CodeToolsEnv(tasks='practice')")
-    rows: list[dict[str, Any]] = []
-    failed = 0
-    i = 0
-    while len(rows) < n:
-        if failed > max(10, n):
-            raise RuntimeError(
-                f"{failed} of {i} demonstrations did not solve their task; see above"
-            )
+
+    def play(i: int) -> dict[str, Any] | None:
         _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
-        i += 1
         code = env.task.prompt + env.task.canonical_solution
         _, _, _, truncated, step_info = env.step(
             tool_call_text("write_file", path=SOLUTION, content=code)
         )
         if truncated or "error" in step_info:
-            failed += 1
-            continue
+            return None
         _, _, terminated, _, final = env.step(tool_call_text("submit"))
         # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
         if not (terminated and final.get("total") and final["passed"] == final["total"]):
-            failed += 1
-            continue
-        rows.append(
-            {
-                "messages": _with_tools(env.messages, info["tools"]),
-                "task_id": info["task_id"],
-                "reward": final["passed"] / final["total"],
-            }
-        )
-    return rows, failed
+            return None
+        return _row(env, info, final["passed"] / final["total"])
+
+    return _collect(n, play)
 
 
 ENVS = {"math-tools": math_tools_demos, "code-tools": code_tools_demos}  # env -> generator
