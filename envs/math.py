@@ -229,7 +229,11 @@ class MathEnv(TextEnv):
                 "terms) or use split='train'"
             )
         # The test split's sweep order (see "Which problem a seed gives").
-        self._test_order = np.random.default_rng(dataset_seed).permutation(self.num_tasks)
+        self._test_order = (
+            np.random.default_rng(dataset_seed).permutation(self.num_tasks)
+            if split == "test"
+            else None
+        )
         self.task_id = ""
         self.answer = ""
         self.attempt = 0

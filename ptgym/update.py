@@ -295,9 +295,8 @@ class PPOUpdate(Update):
         logprobs, values = self._policy_pass(batch)  # one pass: the critic and the correction
         assert values is not None, "PPO needs a policy with a value head"
         if self._pending(batch):
-            sampler_lp = batch.old_logprobs.clone()
+            self._correction_stats(logprobs, batch.old_logprobs, batch.mask)  # before it changes
             self._correct_sampler(batch, logprobs)
-            self._correction_stats(logprobs, sampler_lp, batch.mask)
         batch.old_values = values * batch.mask
         K = max(len(t.turns) for t in kept)
         turn_rewards = torch.zeros(len(kept), K, device=batch.mask.device)
