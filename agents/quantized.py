@@ -1,25 +1,33 @@
-"""A fast CPU sampler: the policy's current weights, LoRA merged in, as int8 ``Linear`` layers.
+"""Fast CPU samplers: the policy's current weights, LoRA merged in, in a cheaper format.
 
 On a CPU, decoding a small model is memory-bound: each decode step reads every weight once
-(SmolLM2-135M in fp32: 540 MB per token). Dynamic int8 quantization (``torch.ao`` 's
-``quantize_dynamic``: int8 weights, activations quantized per batch on the fly, VNNI kernels where
-the CPU has them) reads a quarter of the bytes. The sampler is then no longer the trainer's own
-forward pass, so its logprobs differ slightly from the trainer's: the update corrects for that
-with truncated importance weights (``losses.sampler_is_weights``; ``algo.correction=auto``
-switches it on for this sampler) and reports ``rollout/sampler_kl``.
+(SmolLM2-135M in fp32: 540 MB per token). Two copies read fewer bytes:
 
-Weight sync: ``sync(version)`` rebuilds the int8 copy from the live policy model when the policy
+- ``bf16``: the merged weights cast to bfloat16 (half the bytes; oneDNN's bf16 matmuls, AMX
+  tiles where the CPU has them). Rounding the weights and activations to bf16 moves the logprobs
+  a little: per-token KL to the fp32 forward about 1e-3 on SmolLM2-135M.
+- ``int8``: ``torch.ao``'s ``quantize_dynamic`` (int8 weights, activations quantized per batch on
+  the fly, VNNI kernels where the CPU has them): a quarter of the bytes, but a per-tensor
+  activation scale rounds harder: KL about 0.15-0.2.
+
+Either sampler is then no longer the trainer's own forward pass, so the update corrects for the
+difference with truncated importance weights (``losses.sampler_is_weights``;
+``algo.correction=auto`` switches it on for these samplers) and reports ``rollout/sampler_kl``.
+
+Weight sync: ``sync(version)`` rebuilds the copy from the live policy model when the policy
 version changes (LoRA merged into a copy of the base; the training model is never touched). The
 decode loop itself is ``HFBackend``'s (per-row seeded sampling, finish reasons), but the seeding
 contract of ``backend.py`` holds only in part: dynamic quantization scales each ``Linear``'s input
-per call, so a row's tokens can depend on the other rows batched with it. The same batch and seeds
-give the same tokens; a different batch split can give others. Use ``sampler=exact`` where runs
-must reproduce whatever the batching.
+per call, and the bf16 kernels may block a matmul differently for another batch size, so a row's
+tokens can depend on the other rows batched with it. The same batch and seeds give the same
+tokens; a different batch split can give others. Use ``sampler=exact`` where runs must reproduce
+whatever the batching.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,16 +43,27 @@ from .hf import HFBackend
 KEEP_FP32 = ("down_proj",)
 
 
-def quantized_copy(model: Any) -> Any:
-    """An int8-weight copy of ``model`` for inference: LoRA adapters merged into their base
-    weights, every ``nn.Linear`` but those named in ``KEEP_FP32`` (the tied LM head included)
-    quantized dynamically."""
+def merged_copy(model: Any) -> Any:
+    """A frozen inference copy of ``model`` with its LoRA adapters (if any) merged in."""
     twin = copy.deepcopy(model)
     if hasattr(twin, "merge_and_unload"):  # a PEFT model: fold the adapters in
         twin = twin.merge_and_unload()
     twin.eval()
     for p in twin.parameters():
         p.requires_grad_(False)
+    return twin
+
+
+def bf16_copy(model: Any) -> Any:
+    """A bfloat16 copy of ``model`` for inference (LoRA merged in first, in the model's dtype)."""
+    return merged_copy(model).to(torch.bfloat16)
+
+
+def quantized_copy(model: Any) -> Any:
+    """An int8-weight copy of ``model`` for inference: LoRA adapters merged into their base
+    weights, every ``nn.Linear`` but those named in ``KEEP_FP32`` (the tied LM head included)
+    quantized dynamically."""
+    twin = merged_copy(model)
     names = {
         name
         for name, module in twin.named_modules()
@@ -53,22 +72,38 @@ def quantized_copy(model: Any) -> Any:
     return torch.ao.quantization.quantize_dynamic(twin, names, dtype=torch.qint8)
 
 
-class Int8Backend:
-    """``rollout.sampler=int8``: generate with an int8 copy of the policy, rebuilt per version.
+COPIES = {"int8": quantized_copy, "bf16": bf16_copy}  # rollout.sampler -> copy builder
+
+
+class CopyBackend:
+    """``rollout.sampler=int8|bf16``: generate with a cheaper copy of the policy, rebuilt per
+    version.
 
     ``model`` is the live (training) model; the copy is made on the first ``generate`` and
-    again after each ``sync`` to a new version. CPU only: int8 dynamic quantization has no CUDA
-    kernels (on a GPU use vLLM, which needs the same correction).
+    again after each ``sync`` to a new version. ``int8`` is CPU only (dynamic quantization has no
+    CUDA kernels; on a GPU use vLLM, which needs the same correction). ``bf16`` runs anywhere,
+    but is only fast on a CPU with native bf16 (AVX512-BF16 or AMX): elsewhere it warns.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32):
+    def __init__(
+        self, model: Any, tokenizer: Any, *, sampler: str = "int8", max_batch_size: int = 32
+    ):
+        if sampler not in COPIES:
+            raise ValueError(f"unknown sampler copy {sampler!r}; choose one of {sorted(COPIES)}")
+        if sampler == "bf16" and not _fast_bf16(model):
+            warnings.warn(
+                "rollout.sampler=bf16: this CPU has no native bf16 matmul (AVX512-BF16 or AMX), "
+                "so the bf16 copy may decode slower than rollout.sampler=exact",
+                stacklevel=2,
+            )
+        self.sampler = sampler
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.version: int | None = None
         self._synced: int | None = None
         self._inner: HFBackend | None = None
-        self.sync_seconds = 0.0  # time spent building int8 copies (reported by benches)
+        self.sync_seconds = 0.0  # time spent building copies (reported by benches)
 
     def sync(self, version: int) -> None:
         """The policy's weights changed (a new version): rebuild before the next ``generate``."""
@@ -82,7 +117,7 @@ class Int8Backend:
             was_training = self.model.training
             self.model.eval()
             with torch.no_grad():
-                q = quantized_copy(self.model)
+                q = COPIES[self.sampler](self.model)
             self.model.train(was_training)
             self._inner = HFBackend(q, self.tokenizer, max_batch_size=self.max_batch_size)
             self._synced = self.version
@@ -96,3 +131,10 @@ class Int8Backend:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         return self._backend().generate(prompts, params, seeds)
+
+
+def _fast_bf16(model: Any) -> bool:
+    """True when bf16 matmuls on ``model``'s device run natively (any GPU; a CPU with oneDNN's
+    bf16 support)."""
+    device = next(model.parameters()).device
+    return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

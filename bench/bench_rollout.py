@@ -8,9 +8,9 @@ The baseline, in the same run, is one bare transformers ``generate`` over the sa
 collector sampled, without logits output: the cost of the tokens alone, with none of the
 collector's bookkeeping, logprobs, env steps or re-batching across turns.
 
-Then the fast CPU sampler (``rollout.sampler=int8``, issue 12) against the exact hf decoder on
-the same first-turn prompts and seeds: generated tokens/s of each, alternated ``--rounds`` times,
-and the int8 sampler's per-token KL to the trainer's fp32 forward pass (what the update's
+Then the fast CPU samplers (``rollout.sampler=bf16|int8``, issue 12) against the exact hf decoder
+on the same first-turn prompts and seeds: generated tokens/s of each, alternated ``--rounds``
+times, and each fast sampler's per-token KL to the trainer's fp32 forward pass (what the update's
 correction sees as ``rollout/sampler_kl``).
 
     python bench/bench_rollout.py [--tasks 4] [--group 4] [--max-new-tokens 64] [--attempts 1]
@@ -29,7 +29,7 @@ from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.models import load_model
-from ptgym.agents.quantized import Int8Backend
+from ptgym.agents.quantized import COPIES, CopyBackend
 from ptgym.build import env_factory
 from ptgym.config import EnvConfig
 from ptgym.losses import sampler_is_weights, token_logprobs
@@ -89,8 +89,12 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=2, help="exact/int8 sampler alternations")
-    parser.add_argument("--skip-sampler", action="store_true", help="skip the int8 comparison")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="exact/bf16/int8 sampler alternations"
+    )
+    parser.add_argument(
+        "--skip-sampler", action="store_true", help="skip the fast-sampler comparison"
+    )
     args = parser.parse_args()
 
     print(
@@ -166,40 +170,47 @@ def main() -> None:
 
 
 def compare_samplers(model, tokenizer, prompts: list[list[int]], args) -> None:
-    """tokens/s of the int8 sampler vs the exact decoder (same prompts, seeds), and its KL."""
+    """tokens/s of each fast sampler vs the exact decoder (same prompts, seeds), and its KL."""
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     seeds = list(range(len(prompts)))
-    exact = HFBackend(model, tokenizer, max_batch_size=args.batch_size)
-    fast = Int8Backend(model, tokenizer, max_batch_size=args.batch_size)
-    t = time.perf_counter()
-    fast.sync(0)
-    fast.generate(prompts[:1], SamplingParams(max_new_tokens=1))  # builds the int8 copy
-    print(
-        f"\nint8 sampler: copy built in {time.perf_counter() - t:.1f} s (once per policy version)"
-    )
-    rates: dict[str, list[float]] = {"exact": [], "int8": []}
-    outs = []
+    backends = {"exact": HFBackend(model, tokenizer, max_batch_size=args.batch_size)}
+    for name in COPIES:
+        backends[name] = CopyBackend(model, tokenizer, sampler=name, max_batch_size=args.batch_size)
+        t = time.perf_counter()
+        backends[name].sync(0)
+        backends[name].generate(prompts[:1], SamplingParams(max_new_tokens=1))  # builds the copy
+        print(f"\n{name} sampler: copy built in {time.perf_counter() - t:.1f} s (once per version)")
+    rates: dict[str, list[float]] = {name: [] for name in backends}
+    outs = {}
     for _ in range(args.rounds):
-        for name, backend in (("exact", exact), ("int8", fast)):
+        for name, backend in backends.items():
             t = time.perf_counter()
-            out = backend.generate(prompts, params, seeds)
-            rates[name].append(sum(len(o.token_ids) for o in out) / (time.perf_counter() - t))
-            if name == "int8":
-                outs = out
-    kls = []
-    for prompt, out in zip(prompts, outs, strict=True):
-        ids = torch.tensor([prompt + out.token_ids.tolist()])
-        with torch.no_grad():
-            logits = model(ids).logits / max(args.temperature, 1e-6)
-        lp = token_logprobs(logits[:, :-1], ids[:, 1:])[:, len(prompt) - 1 :]
-        q = torch.as_tensor(out.logprobs).view(1, -1)
-        kls.append(float(sampler_is_weights(lp, q, torch.ones_like(q))[1]["sampler_kl"]))
+            outs[name] = backend.generate(prompts, params, seeds)
+            tokens = sum(len(o.token_ids) for o in outs[name])
+            rates[name].append(tokens / (time.perf_counter() - t))
+    median = {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
     for name, r in rates.items():
-        print(f"  {name:5s} sampler: {' '.join(f'{x:6.1f}' for x in r)} tokens/s")
-    ratio = sorted(rates["int8"])[len(r) // 2] / sorted(rates["exact"])[len(r) // 2]
-    print(f"  int8 / exact tokens/s (median of rounds): {ratio:.2f}x")
-    print(f"  int8 sampler KL to the fp32 forward, per token: mean {sum(kls) / len(kls):.2e}, "
-          f"max {max(kls):.2e}")  # fmt: skip
+        line = f"  {name:5s} sampler: {' '.join(f'{x:6.1f}' for x in r)} tokens/s"
+        if name != "exact":
+            kls = [
+                sampler_kl(model, prompt, out, args.temperature)
+                for prompt, out in zip(prompts, outs[name], strict=True)
+            ]
+            line += (
+                f"  ({median[name] / median['exact']:.2f}x exact, median of rounds; per-token KL "
+                f"to the fp32 forward: mean {sum(kls) / len(kls):.2e}, max {max(kls):.2e})"
+            )
+        print(line)
+
+
+def sampler_kl(model, prompt: list[int], out, temperature: float) -> float:
+    """k3 estimate of KL(sampler || trainer) over one completion's tokens."""
+    ids = torch.tensor([prompt + out.token_ids.tolist()])
+    with torch.no_grad():
+        logits = model(ids).logits / max(temperature, 1e-6)
+    lp = token_logprobs(logits[:, :-1], ids[:, 1:])[:, len(prompt) - 1 :]
+    q = torch.as_tensor(out.logprobs).view(1, -1)
+    return float(sampler_is_weights(lp, q, torch.ones_like(q))[1]["sampler_kl"])
 
 
 if __name__ == "__main__":

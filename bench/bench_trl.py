@@ -406,9 +406,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["ptgym", "trl"], help="run one side only")
     parser.add_argument(
         "--sampler",
-        choices=["exact", "int8"],
+        choices=["exact", "bf16", "int8"],
         default="exact",
-        help="ptgym's rollout.sampler (int8: the quantized CPU decoder, with its correction)",
+        help="ptgym's rollout.sampler (bf16, int8: a cheaper copy decodes, with the correction)",
     )
     parser.add_argument(
         "--rounds", type=int, default=2, help="runs of each side, in ABBA order (TRL, ptgym, ...)"

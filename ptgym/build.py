@@ -105,10 +105,12 @@ def _constructor_params(cls: Any) -> set[str] | None:
 
 
 def make_backend(rollout: RolloutConfig, model: Any, tokenizer: Any, model_name: str) -> Any:
-    if rollout.backend == "hf" and rollout.sampler == "int8":
-        from ptgym.agents.quantized import Int8Backend
+    if rollout.backend == "hf" and rollout.sampler != "exact":
+        from ptgym.agents.quantized import CopyBackend
 
-        return Int8Backend(model, tokenizer, max_batch_size=rollout.batch_size)
+        return CopyBackend(
+            model, tokenizer, sampler=rollout.sampler, max_batch_size=rollout.batch_size
+        )
     if rollout.backend == "hf":
         from ptgym.agents.hf import HFBackend
 

@@ -125,9 +125,10 @@ class RolloutConfig:
     backend: str = opt("hf", "generation backend", choices=("hf", "openai", "vllm"))
     sampler: str = opt(
         "exact",
-        "hf backend's weights: exact = the trainer's own fp32 forward; int8 = a dynamically "
-        "quantized copy rebuilt each step (faster on a CPU; corrected by algo.correction)",
-        choices=("exact", "int8"),
+        "hf backend's weights: exact = the trainer's own fp32 forward; bf16 = a bfloat16 copy, "
+        "int8 = a dynamically quantized copy, rebuilt each step (faster on a CPU; corrected by "
+        "algo.correction)",
+        choices=("exact", "bf16", "int8"),
     )
     base_url: str | None = opt(None, "for backend=openai: the server's /v1 URL")
 

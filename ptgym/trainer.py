@@ -245,7 +245,7 @@ def _one_step(
 ) -> tuple[dict[str, float], list[Trajectory]]:
     t0 = time.perf_counter()
     if (sync := getattr(collector.backend, "sync", None)) is not None:
-        sync(step)  # a sampler with its own copy of the weights (int8) rebuilds it
+        sync(step)  # a sampler with its own copy of the weights (bf16, int8) rebuilds it
     trajs = collector.collect(
         task_seeds(cfg.rollout, step),
         cfg.rollout.group,

@@ -129,17 +129,18 @@ def test_ppo_learns_digits(tmp_path, warm_model):
 
 
 @pytest.mark.slow
-def test_grpo_learns_digits_with_the_int8_sampler_and_its_correction(tmp_path, warm_model):
-    """Issue 12: sampling from an int8 copy (not the trainer's forward) with truncated importance
-    weights (algo.correction=auto -> token) learns as the exact sampler does."""
+@pytest.mark.parametrize("sampler", ["int8", "bf16"])
+def test_grpo_learns_digits_with_a_fast_sampler_and_its_correction(tmp_path, warm_model, sampler):
+    """Issue 12: sampling from a cheaper copy (not the trainer's forward) with truncated
+    importance weights (algo.correction=auto -> token) learns as the exact sampler does."""
     metrics = _run(
         tmp_path, warm_model, "algo=grpo", "trainer.lr=3e-3", "trainer.steps=80",
-        "rollout.sampler=int8",
+        f"rollout.sampler={sampler}",
     )  # fmt: skip
     assert all(m["rollout/sampler_kl"] > 0 for m in metrics if "rollout/sampler_kl" in m)
     assert any("rollout/sampler_kl" in m for m in metrics)
     assert metrics[0]["reward/mean"] < 0.3
     best = max(_smoothed(metrics))
-    assert best >= 0.9, f"GRPO with int8 reached only {best:.2f}; curve: " + " ".join(
+    assert best >= 0.9, f"GRPO with {sampler} reached only {best:.2f}; curve: " + " ".join(
         f"{m['reward/mean']:.2f}" for m in metrics
     )
