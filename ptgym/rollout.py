@@ -301,10 +301,12 @@ class Collector:
             ep.traj.error = str(info["error"])
             self._finish(ep, truncated=True, reason="error")
         elif terminated or truncated:
+            # Gymnasium's TimeLimit also sets truncated on a step that terminates at the limit;
+            # an episode the env ended was not cut short, so terminated wins.
             self._finish(
                 ep,
                 terminated=bool(terminated),
-                truncated=bool(truncated),
+                truncated=bool(truncated) and not terminated,
                 reason="env" if terminated else "env_truncated",
             )
         else:

@@ -11,13 +11,14 @@ import time
 
 import numpy as np
 import pytest
+from gymnasium.wrappers import TimeLimit
 
 from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.toolcalls import parse_tool_calls
 from ptgym.envs.digits import DigitsEnv
-from ptgym.metrics import collect_metrics
+from ptgym.metrics import batch_metrics, collect_metrics
 from ptgym.rollout import Budget, Collector
 from tests.envs_for_tests import (
     ECHO_TOOL,
@@ -65,6 +66,15 @@ def test_groups_share_a_task_and_keep_their_bookkeeping(tiny):
         assert t.reward == t.turns[0].reward == float(t.metrics["correct"])
         assert t.messages[0]["content"].startswith("Compute (")
         assert t.messages[-1] == {"role": "assistant", "content": t.turns[0].text}
+
+
+def test_an_episode_the_env_ends_at_its_time_limit_is_terminated_not_truncated(tiny):
+    """Gymnasium's TimeLimit flags truncated too when the last allowed step terminates; the
+    trajectory (and rollout/truncated_frac) counts it as ended by the env."""
+    factory = lambda: TimeLimit(DigitsEnv(), max_episode_steps=1)  # noqa: E731
+    trajs, _ = collect(*tiny, factory, Budget(max_turns=1), [11, 12], group=2)
+    assert all(t.terminated and not t.truncated and t.info["end"] == "env" for t in trajs)
+    assert batch_metrics(trajs)["rollout/truncated_frac"] == 0.0
 
 
 def test_collect_stats_count_every_sampled_token(tiny):
