@@ -5,6 +5,7 @@ Shared by ``train``, ``rollout`` and ``eval`` so the three commands build the sa
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import sys
@@ -104,7 +105,24 @@ def _constructor_params(cls: Any) -> set[str] | None:
     return {n for n in sig.parameters if n != "self"}
 
 
+def resolve_sampler(rollout: RolloutConfig, device: str) -> RolloutConfig:
+    """``rollout`` with ``sampler=auto`` made concrete for a training run on ``device``: the
+    bf16 copy on a CPU whose matmuls run bf16 natively (it decodes faster there, and the update
+    corrects the small mismatch), else the exact sampler. Other backends bring their own
+    weights: exact."""
+    if rollout.sampler != "auto":
+        return rollout
+    from ptgym.agents.models import _resolve_device
+    from ptgym.agents.quantized import native_bf16
+
+    on_cpu = _resolve_device(device) == "cpu"
+    fast = rollout.backend == "hf" and on_cpu and native_bf16("cpu")
+    return dataclasses.replace(rollout, sampler="bf16" if fast else "exact")
+
+
 def make_backend(rollout: RolloutConfig, model: Any, tokenizer: Any, model_name: str) -> Any:
+    if rollout.sampler == "auto":
+        raise ValueError("rollout.sampler=auto must be resolved first (build.resolve_sampler)")
     if rollout.backend == "hf" and rollout.sampler != "exact":
         from ptgym.agents.quantized import CopyBackend
 

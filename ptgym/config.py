@@ -127,8 +127,8 @@ class RolloutConfig:
         "exact",
         "hf backend's weights: exact = the trainer's own fp32 forward; bf16 = a bfloat16 copy, "
         "int8 = a dynamically quantized copy, rebuilt each step (faster on a CPU; corrected by "
-        "algo.correction)",
-        choices=("exact", "bf16", "int8"),
+        "algo.correction); auto = bf16 for training on a CPU with native bf16, else exact",
+        choices=("exact", "auto", "bf16", "int8"),
     )
     base_url: str | None = opt(None, "for backend=openai: the server's /v1 URL")
 

@@ -119,7 +119,10 @@ def _collect(cfg: RolloutCommand, desc: str) -> tuple[Path, list[Trajectory]]:
     run = make_out_dir(cfg.out)
     atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
     model, tokenizer = _load(cfg)
-    backend = make_backend(cfg.rollout, model, tokenizer, cfg.model.name)
+    rollout = cfg.rollout
+    if rollout.sampler == "auto":  # a preset's choice for training: score the model itself
+        rollout = dataclasses.replace(rollout, sampler="exact")
+    backend = make_backend(rollout, model, tokenizer, cfg.model.name)
     collector = make_collector(
         backend,
         tokenizer,

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from ptgym import checkpoint as ckpt
-from ptgym.build import make_backend, make_collector, task_seeds
+from ptgym.build import make_backend, make_collector, resolve_sampler, task_seeds
 from ptgym.config import ConfigError, TrainCommand, _get, load_yaml, make_out_dir, to_yaml
 from ptgym.evaluate import HeldOutEval
 from ptgym.metrics import MetricsLogger, batch_metrics, step_metrics
@@ -141,6 +141,9 @@ def train(cfg: TrainCommand, *, log: Any = print) -> dict[str, float]:
         )
     if cfg.model.adapter:  # continue training it: its rank, alpha and targets win over lora.*
         cfg = dataclasses.replace(cfg, lora=ckpt.adapter_lora(cfg.model.adapter, cfg.lora))
+    if cfg.rollout.sampler == "auto":  # config.yaml records what ran
+        cfg = dataclasses.replace(cfg, rollout=resolve_sampler(cfg.rollout, cfg.model.device))
+        log(f"rollout.sampler=auto -> {cfg.rollout.sampler} on this machine")
     run = _prepare_run_dir(cfg)
     seed_everything(cfg.trainer.seed)
     log(f"ptgym train: env={cfg.env.name} algo={cfg.algo.name} model={cfg.model.name} -> {run}")

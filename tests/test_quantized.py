@@ -11,8 +11,12 @@ import torch
 
 from ptgym.agents.backend import SamplingParams
 from ptgym.agents.hf import HFBackend
-from ptgym.agents.quantized import COPIES, CopyBackend
+from ptgym.agents.quantized import COPIES, CopyBackend, native_bf16
+from ptgym.build import make_backend, resolve_sampler
+from ptgym.config import RolloutConfig, TrainCommand, compose, load_yaml
 from ptgym.losses import sampler_is_weights, token_logprobs
+from ptgym.metrics import read_metrics
+from ptgym.trainer import train
 from tests.tiny import tiny_model_and_tokenizer
 
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]]
@@ -101,3 +105,37 @@ def test_samples_repeat_for_the_same_batch_and_seeds(model_and_tokenizer, sample
     first = backend.generate(PROMPTS, params, seeds=[5, 6, 7])
     again = backend.generate(PROMPTS, params, seeds=[5, 6, 7])
     assert [o.token_ids.tolist() for o in first] == [o.token_ids.tolist() for o in again]
+
+
+def test_auto_picks_the_bf16_copy_only_where_bf16_is_native():
+    """``rollout.sampler=auto`` (the math preset's): the bf16 copy for training on a CPU with
+    native bf16 matmuls, the exact sampler elsewhere and for backends with their own weights."""
+    native = native_bf16("cpu")
+    assert resolve_sampler(RolloutConfig(sampler="auto"), "cpu").sampler == (
+        "bf16" if native else "exact"
+    )
+    assert resolve_sampler(RolloutConfig(sampler="auto", backend="openai"), "cpu").sampler == (
+        "exact"
+    )
+    assert resolve_sampler(RolloutConfig(sampler="auto"), "cuda").sampler == "exact"
+    for chosen in ("exact", "int8", "bf16"):
+        assert resolve_sampler(RolloutConfig(sampler=chosen), "cpu").sampler == chosen
+    with pytest.raises(ValueError, match="resolved first"):
+        make_backend(RolloutConfig(sampler="auto"), None, None, "tiny")
+
+
+def test_a_training_run_records_what_auto_resolved_to(tmp_path):
+    """The run's config.yaml and log say which sampler ran; its metrics carry the correction's
+    KL exactly when a copy sampled."""
+    cfg = compose(
+        TrainCommand,
+        ["env=digits", "model=tiny", "tasks=2", "group=2", "sampling.max_new_tokens=4",
+         "trainer.steps=1", "rollout.sampler=auto", f"out={tmp_path / 'run'}"],
+    )  # fmt: skip
+    lines: list[str] = []
+    train(cfg, log=lines.append)
+    expected = "bf16" if native_bf16("cpu") else "exact"
+    assert f"rollout.sampler=auto -> {expected} on this machine" in lines
+    assert load_yaml(TrainCommand, tmp_path / "run" / "config.yaml").rollout.sampler == expected
+    (record,) = read_metrics(tmp_path / "run")
+    assert ("rollout/sampler_kl" in record) == (expected == "bf16")
