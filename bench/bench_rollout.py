@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -188,7 +189,7 @@ def compare_samplers(model, tokenizer, prompts: list[list[int]], args) -> None:
             outs[name] = backend.generate(prompts, params, seeds)
             tokens = sum(len(o.token_ids) for o in outs[name])
             rates[name].append(tokens / (time.perf_counter() - t))
-    median = {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
+    median = {name: statistics.median(r) for name, r in rates.items()}
     for name, r in rates.items():
         line = f"  {name:5s} sampler: {' '.join(f'{x:6.1f}' for x in r)} tokens/s"
         if name != "exact":
