@@ -23,7 +23,6 @@ policy degenerated (measured: reward back to 0.00 at step 38 with a tool-call ra
 
 from __future__ import annotations
 
-import itertools
 import random
 from typing import Any
 
@@ -70,24 +69,13 @@ class LookupEnv(TextEnv):
 
     ``info["tools"]`` is empty so the renderer injects no schema text: the tiny model reads none,
     and the prompt stays one token. Calls are still parsed against ``LOOKUP``; a malformed call
-    gets the parser's errors as an observation.
-
-    The secret is hidden state, not the task: the seeded draw is shifted by the instance's
-    number, so the episodes of a GRPO group (same seed, one env instance each) look up different
-    secrets, as the episodes of a stochastic env would. The prompt is the same for every secret,
-    so the group mean is still a fair baseline, and a group now scores some episodes 0 and some 1
-    for every digit the policy has not learned yet (see ``GREEDY_TARGET``)."""
+    gets the parser's errors as an observation."""
 
     max_turns = 2
-    _instances = itertools.count()
-
-    def __init__(self):
-        super().__init__()
-        self.offset = next(LookupEnv._instances)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self.secret = (int(self.np_random.integers(10)) + self.offset) % 10
+        self.secret = int(self.np_random.integers(10))
         self.calls = 0
         self.messages = [{"role": "user", "content": PROMPT}]
         return list(self.messages), {"task_id": "lookup", "tools": []}

@@ -259,20 +259,20 @@ def test_real_terminal_under_tmux(runs):
             ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
         ).stdout
 
-    def wait_for(text: str, timeout: float = 30.0) -> str:
+    def wait_for(*texts: str, timeout: float = 30.0) -> str:
+        """The screen once every one of ``texts`` is on it (a screen is drawn in parts: one
+        capture can hold the table's rows before its title)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in (shown := screen()):
+            if all(text in (shown := screen()) for text in texts):
                 return shown
             time.sleep(0.2)
-        raise AssertionError(f"{text!r} never appeared; the screen:\n{screen()}")
+        raise AssertionError(f"{texts!r} never all appeared; the screen:\n{screen()}")
 
     try:
-        shown = wait_for("crashed")
-        assert "runs under runs" in shown and "3/10" in shown and "finished" in shown
+        wait_for("crashed", "runs under runs", "3/10", "finished")
         subprocess.run(["tmux", "send-keys", "-t", session, "Down", "Down", "m"], check=True)
-        shown = wait_for("step 3/10")
-        assert "live" in shown and "ETA" in shown and "reward" in shown
+        wait_for("step 3/10", "live", "ETA", "reward")
         subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
