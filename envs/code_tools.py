@@ -81,9 +81,9 @@ reward is 0.0, a failure of the infrastructure, not a score (the trainer drops i
 the number of practice tasks);
 otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``tools``,
 ``task_id``, ``entry_point``; after each step ``turn``, ``tool_calls``, ``valid_turns`` (replies so
-far with at least one call and no malformed one), ``valid_turn_frac`` and ``submitted``; after
-``submit``
-``tests`` (per test ``name``/``passed``/``error``), ``passed``, ``total``.
+far with at least one call and no malformed one), ``valid_turn_frac``, ``saved_blocks``
+(replies without a call whose fenced python block was saved as solution.py) and
+``submitted``; after ``submit`` ``tests`` (per test ``name``/``passed``/``error``), ``passed``, ``total``.
 
 ## Version history
 
@@ -272,7 +272,7 @@ class CodeToolsEnv(TextEnv):
         self.few_shot = few_shot
         self.task: Task | None = None
         self.files: dict[str, bytes] = {}
-        self.turn = self.tool_calls = self.valid_turns = 0
+        self.turn = self.tool_calls = self.valid_turns = self.saved_blocks = 0
         self._started = 0.0
         self._done = True
 
@@ -307,7 +307,7 @@ class CodeToolsEnv(TextEnv):
         super().reset(seed=seed)
         self.task = self._pick(options)
         self.files = {SOLUTION: self.task.prompt.encode()}
-        self.turn = self.tool_calls = self.valid_turns = 0
+        self.turn = self.tool_calls = self.valid_turns = self.saved_blocks = 0
         self._started = time.monotonic()
         self._done = False
         tools = "\n".join(
@@ -349,7 +349,9 @@ class CodeToolsEnv(TextEnv):
             if parsed.errors:
                 obs.append(format_errors([cap(e, self.max_result_chars) for e in parsed.errors]))
             if not parsed.calls and not parsed.errors:
-                obs.append({"role": "user", "content": self._no_call(text)})
+                saved = self._no_call(text)
+                self.saved_blocks += saved != REMINDER
+                obs.append({"role": "user", "content": saved})
             for call in parsed.calls:
                 self.tool_calls += 1
                 reward -= self.tool_call_penalty
@@ -388,6 +390,7 @@ class CodeToolsEnv(TextEnv):
             tool_calls=self.tool_calls,
             valid_turns=self.valid_turns,
             valid_turn_frac=self.valid_turns / self.turn,
+            saved_blocks=self.saved_blocks,
             submitted=terminated,
         )
         return obs, reward, terminated, truncated, info

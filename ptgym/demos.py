@@ -47,6 +47,13 @@ class DemosCommand:
     split: str = opt(
         "train", "the env's task split (code-tools has only train)", choices=("train", "test")
     )
+    write: str = opt(
+        "call",
+        "code-tools: how a demonstration puts its code in solution.py: call = a write_file tool "
+        "call (the program JSON-escaped in its arguments), block = a fenced ```python block, which "
+        "the env saves as solution.py (no escaping), then the same submit call",
+        choices=("call", "block"),
+    )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
 
@@ -114,10 +121,19 @@ def _collect(n: int, play: Any) -> tuple[list[dict[str, Any]], int]:
 
 
 def code_tools_demos(
-    n: int, *, seed: int = 0, split: str = "train", env: Any = None, **kwargs: Any
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    env: Any = None,
+    write: str = "call",
+    **kwargs: Any,
 ) -> tuple[list[dict[str, Any]], int]:
     """``(rows, failed)`` as ``math_tools_demos``, for CodeTools on its practice tasks: episode
-    ``i`` plays practice task ``(seed + i) % num_tasks``, so ``n`` of them cover the set evenly."""
+    ``i`` plays practice task ``(seed + i) % num_tasks``, so ``n`` of them cover the set evenly.
+    ``write="block"``: the first reply is the program in a fenced python block (saved by the env
+    as solution.py) instead of a ``write_file`` call, so the model never has to JSON-escape a
+    program; the second reply is the same ``submit`` call."""
     from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
 
     if split != "train":
@@ -134,9 +150,12 @@ def code_tools_demos(
     def play(i: int) -> dict[str, Any] | None:
         _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
         code = env.task.prompt + env.task.canonical_solution
-        _, _, _, truncated, step_info = env.step(
-            tool_call_text("write_file", path=SOLUTION, content=code)
+        reply = (
+            f"```python\n{code}```"
+            if write == "block"
+            else tool_call_text("write_file", path=SOLUTION, content=code)
         )
+        _, _, _, truncated, step_info = env.step(reply)
         if truncated or "error" in step_info:
             return None
         _, _, terminated, _, final = env.step(tool_call_text("submit"))
@@ -157,7 +176,12 @@ def write_demos(env_name: str, cfg: DemosCommand, log: Any = print) -> Path:
         raise ValueError(
             f"no demonstration generator for env {env_name!r}; available: {', '.join(ENVS)}"
         )
-    rows, failed = ENVS[env_name](cfg.n, seed=cfg.seed, split=cfg.split, **cfg.kwargs)
+    extra: dict[str, Any] = {}
+    if cfg.write != "call":
+        if env_name != "code-tools":
+            raise ValueError(f"write={cfg.write} is for code-tools demonstrations, not {env_name}")
+        extra["write"] = cfg.write
+    rows, failed = ENVS[env_name](cfg.n, seed=cfg.seed, split=cfg.split, **extra, **cfg.kwargs)
     path = Path(cfg.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

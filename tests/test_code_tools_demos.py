@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ptgym.agents.toolcalls import parse_tool_calls
-from ptgym.demos import _with_tools, code_tools_demos
+from ptgym.demos import DemosCommand, _with_tools, code_tools_demos, write_demos
 from ptgym.envs.code_tools import SOLUTION, TOOLS, CodeToolsEnv, tool_call_text
 from ptgym.envs.humaneval_tasks import load_tasks
 from ptgym.envs.practice_tasks import load_practice_tasks
@@ -168,3 +168,36 @@ def test_cli_writes_code_tools_demos_that_sft_reads(tmp_path, sandbox_image):
     cmd = [sys.executable, "-m", "ptgym.cli", "envs", "demos", "code-tools", "split=test"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "no 'test' split" in run.stderr
+
+
+@pytest.mark.docker
+def test_block_demonstrations_save_a_python_block_then_submit_and_score_1(sandbox_pool):
+    """``write=block``: the program travels in a fenced block the env saves (no JSON escaping);
+    the env counts it in ``saved_blocks``, not as a tool call, and the submit still scores 1."""
+    env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
+    rows, failed = code_tools_demos(3, seed=5, env=env, write="block")
+    assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 3
+    by_id = {t.task_id: t for t in PRACTICE}
+    for row in rows:
+        task, messages = by_id[row["task_id"]], row["messages"]
+        assert [m["role"] for m in messages] == [
+            "system", "user", "assistant", "user", "assistant", "tool"
+        ]  # fmt: skip
+        code = task.prompt + task.canonical_solution
+        assert messages[2]["content"] == f"```python\n{code}```"
+        assert not parse_tool_calls(messages[2]["content"], TOOLS).calls
+        assert messages[3]["content"].startswith(
+            f"Your last ```python block was saved as {SOLUTION}"
+        )
+        (submit,) = parse_tool_calls(messages[4]["content"], TOOLS).calls
+        assert submit.name == "submit"
+    env.reset(seed=0, options={"index": 0})
+    info = env.step(f"```python\n{env.task.prompt}    return None\n```")[4]
+    assert (info["saved_blocks"], info["valid_turns"], info["tool_calls"]) == (1, 0, 0)
+    assert env.step("no code, no call")[4]["saved_blocks"] == 1
+
+
+def test_block_demonstrations_are_for_code_tools_only(tmp_path):
+    cfg = DemosCommand(n=1, out=str(tmp_path / "d.jsonl"), write="block")
+    with pytest.raises(ValueError, match="write=block is for code-tools"):
+        write_demos("math-tools", cfg)
