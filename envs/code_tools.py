@@ -172,7 +172,7 @@ FEW_SHOT = "\n\nExample (a toy task, not yours):\nuser: Implement `double` ...\n
     + f"\ntool: wrote {len(_EXAMPLE_CODE.encode())} bytes to {SOLUTION}\nassistant: "
     + tool_call_text("submit")
 )
-_PY_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+_PY_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 _SHARED: dict[str, SandboxPool] = {}
 _SHARED_LOCK = threading.Lock()

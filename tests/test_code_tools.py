@@ -78,8 +78,18 @@ def test_reply_without_tool_call_gets_a_reminder_and_python_block_is_saved():
     assert (terminated, truncated, info["turn"]) == (False, True, 3)  # max_turns reached
     # prose, a python block and an unknown tool: not one of the three replies was a valid call
     assert (info["valid_turns"], info["valid_turn_frac"], info["submitted"]) == (0, 0.0, False)
+    assert info["saved_blocks"] == 1
     with pytest.raises(RuntimeError, match="after the episode ended"):
         env.step("more")
+
+
+def test_a_python_block_fence_is_matched_whatever_its_case():
+    """The 135M model wrote ```Python once in 16 episodes; that block is code too."""
+    env = CodeToolsEnv(max_turns=3)
+    env.reset(options={"task_id": CLOSE.task_id})
+    obs, *_, info = env.step(f"```Python\n{ALWAYS_FALSE}```")
+    assert obs[0]["content"].startswith("Your last ```python block was saved as solution.py.")
+    assert env.files["solution.py"] == ALWAYS_FALSE.encode() and info["saved_blocks"] == 1
 
 
 def test_write_and_read_file_stay_in_the_workspace():
