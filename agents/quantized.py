@@ -90,7 +90,7 @@ class CopyBackend:
     ):
         if sampler not in COPIES:
             raise ValueError(f"unknown sampler copy {sampler!r}; choose one of {sorted(COPIES)}")
-        if sampler == "bf16" and not _fast_bf16(model):
+        if sampler == "bf16" and not native_bf16(next(model.parameters()).device.type):
             warnings.warn(
                 "rollout.sampler=bf16: this CPU has no native bf16 matmul (AVX512-BF16 or AMX), "
                 "so the bf16 copy may decode slower than rollout.sampler=exact",
@@ -131,11 +131,6 @@ class CopyBackend:
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
         return self._backend().generate(prompts, params, seeds)
-
-
-def _fast_bf16(model: Any) -> bool:
-    """True when bf16 matmuls on ``model``'s device run natively."""
-    return native_bf16(next(model.parameters()).device.type)
 
 
 def native_bf16(device: str) -> bool:

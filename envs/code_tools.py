@@ -349,9 +349,7 @@ class CodeToolsEnv(TextEnv):
             if parsed.errors:
                 obs.append(format_errors([cap(e, self.max_result_chars) for e in parsed.errors]))
             if not parsed.calls and not parsed.errors:
-                saved = self._no_call(text)
-                self.saved_blocks += saved != REMINDER
-                obs.append({"role": "user", "content": saved})
+                obs.append({"role": "user", "content": self._no_call(text)})
             for call in parsed.calls:
                 self.tool_calls += 1
                 reward -= self.tool_call_penalty
@@ -403,6 +401,7 @@ class CodeToolsEnv(TextEnv):
         if not blocks:
             return REMINDER
         self.files[SOLUTION] = blocks[-1].encode()
+        self.saved_blocks += 1
         return f"Your last ```python block was saved as {SOLUTION}. {REMINDER}"
 
     def _tool(self, call: ToolCall) -> str:

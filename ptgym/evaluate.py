@@ -116,13 +116,12 @@ def _load(cfg: RolloutCommand) -> tuple[Any, Any]:
 
 
 def _collect(cfg: RolloutCommand, desc: str) -> tuple[Path, list[Trajectory]]:
+    if cfg.rollout.sampler == "auto":  # a preset's choice for training: score the model itself
+        cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, sampler="exact"))
     run = make_out_dir(cfg.out)
-    atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())
+    atomic_write_bytes(run / "config.yaml", to_yaml(cfg).encode())  # records what ran
     model, tokenizer = _load(cfg)
-    rollout = cfg.rollout
-    if rollout.sampler == "auto":  # a preset's choice for training: score the model itself
-        rollout = dataclasses.replace(rollout, sampler="exact")
-    backend = make_backend(rollout, model, tokenizer, cfg.model.name)
+    backend = make_backend(cfg.rollout, model, tokenizer, cfg.model.name)
     collector = make_collector(
         backend,
         tokenizer,

@@ -13,7 +13,8 @@ from ptgym.agents.backend import SamplingParams
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.quantized import COPIES, CopyBackend, native_bf16
 from ptgym.build import make_backend, resolve_sampler
-from ptgym.config import RolloutConfig, TrainCommand, compose, load_yaml
+from ptgym.config import EvalCommand, RolloutConfig, TrainCommand, compose, load_yaml
+from ptgym.evaluate import run_eval_command
 from ptgym.losses import sampler_is_weights, token_logprobs
 from ptgym.metrics import read_metrics
 from ptgym.trainer import train
@@ -139,3 +140,15 @@ def test_a_training_run_records_what_auto_resolved_to(tmp_path):
     assert load_yaml(TrainCommand, tmp_path / "run" / "config.yaml").rollout.sampler == expected
     (record,) = read_metrics(tmp_path / "run")
     assert ("rollout/sampler_kl" in record) == (expected == "bf16")
+
+
+def test_eval_reads_auto_as_exact_and_records_it(tmp_path):
+    """``ptgym eval`` scores the model itself: a preset's ``auto`` runs, and is recorded, as
+    exact."""
+    cfg = compose(
+        EvalCommand,
+        ["env=digits", "model=tiny", "tasks=2", "k=1", "sampling.max_new_tokens=4",
+         "rollout.sampler=auto", f"out={tmp_path / 'eval'}"],
+    )  # fmt: skip
+    run_eval_command(cfg)
+    assert load_yaml(EvalCommand, tmp_path / "eval" / "config.yaml").rollout.sampler == "exact"

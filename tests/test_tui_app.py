@@ -264,7 +264,8 @@ def test_real_terminal_under_tmux(runs):
         capture can hold the table's rows before its title)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(text in (shown := screen()) for text in texts):
+            shown = screen()  # one capture, checked for every text
+            if all(text in shown for text in texts):
                 return shown
             time.sleep(0.2)
         raise AssertionError(f"{texts!r} never all appeared; the screen:\n{screen()}")
