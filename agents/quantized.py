@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from . import lean
 from .backend import Completion, SamplingParams
 from .hf import HFBackend
 
@@ -86,7 +87,13 @@ class CopyBackend:
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, sampler: str = "int8", max_batch_size: int = 32
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        sampler: str = "int8",
+        max_batch_size: int = 32,
+        lean_loop: bool = True,
     ):
         if sampler not in COPIES:
             raise ValueError(f"unknown sampler copy {sampler!r}; choose one of {sorted(COPIES)}")
@@ -104,6 +111,8 @@ class CopyBackend:
         self._synced: int | None = None
         self._inner: HFBackend | None = None
         self.sync_seconds = 0.0  # time spent building copies (reported by benches)
+        self.lean_loop = lean_loop  # bf16: decode with lean.LeanDecoder where it supports the model
+        self._told = False
 
     def sync(self, version: int) -> None:
         """The policy's weights changed (a new version): rebuild before the next ``generate``."""
@@ -119,10 +128,31 @@ class CopyBackend:
             with torch.no_grad():
                 q = COPIES[self.sampler](self.model)
             self.model.train(was_training)
-            self._inner = HFBackend(q, self.tokenizer, max_batch_size=self.max_batch_size)
+            self._inner = HFBackend(
+                q, self.tokenizer, max_batch_size=self.max_batch_size, **self._decoding(q)
+            )
             self._synced = self.version
             self.sync_seconds += time.perf_counter() - t0
         return self._inner
+
+    def _decoding(self, copy_model: Any) -> dict[str, Any]:
+        """How the copy decodes: the bf16 copy of a Llama-family model through the lean loop
+        (``lean.py``) with inverse-CDF sampling, anything else through the ``transformers``
+        loop."""
+        if self.sampler != "bf16" or not self.lean_loop:
+            return {}
+        reason = lean.supports(copy_model)
+        if reason is not None:
+            if not self._told:
+                warnings.warn(
+                    f"the bf16 sampler decodes without the lean loop: {reason}", stacklevel=3
+                )
+                self._told = True
+            return {}
+        return {
+            "decoder": lean.LeanDecoder(copy_model, self.tokenizer.pad_token_id),
+            "sampling": "inverse-cdf",
+        }
 
     def generate(
         self,
