@@ -27,6 +27,7 @@ whatever the batching.
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -94,6 +95,7 @@ class CopyBackend:
         sampler: str = "int8",
         max_batch_size: int = 32,
         lean_loop: bool = True,
+        eos_token_ids: Sequence[int] | None = None,
     ):
         if sampler not in COPIES:
             raise ValueError(f"unknown sampler copy {sampler!r}; choose one of {sorted(COPIES)}")
@@ -111,6 +113,7 @@ class CopyBackend:
         self._synced: int | None = None
         self._inner: HFBackend | None = None
         self.sync_seconds = 0.0  # time spent building copies (reported by benches)
+        self.eos_token_ids = eos_token_ids  # HFBackend's (None: the model's own)
         self.lean_loop = lean_loop  # bf16: decode with lean.LeanDecoder where it supports the model
         self._told = False
 
@@ -120,39 +123,39 @@ class CopyBackend:
 
     def _backend(self) -> HFBackend:
         if self._inner is None or self._synced != self.version:
-            import time
-
             t0 = time.perf_counter()
             was_training = self.model.training
             self.model.eval()
-            with torch.no_grad():
-                q = COPIES[self.sampler](self.model)
-            self.model.train(was_training)
-            self._inner = HFBackend(
-                q, self.tokenizer, max_batch_size=self.max_batch_size, **self._decoding(q)
-            )
+            try:
+                with torch.no_grad():
+                    self._inner = self._build()
+            finally:
+                self.model.train(was_training)
             self._synced = self.version
             self.sync_seconds += time.perf_counter() - t0
         return self._inner
 
-    def _decoding(self, copy_model: Any) -> dict[str, Any]:
-        """How the copy decodes: the bf16 copy of a Llama-family model through the lean loop
-        (``lean.py``) with inverse-CDF sampling, anything else through the ``transformers``
-        loop."""
-        if self.sampler != "bf16" or not self.lean_loop:
-            return {}
-        reason = lean.supports(copy_model)
-        if reason is not None:
+    def _build(self) -> HFBackend:
+        """The sampler for the policy's current weights. The bf16 copy of a model the lean loop
+        supports is a ``lean.LeanDecoder`` read straight from the live model (LoRA merged per
+        layer, no copy of the whole model) with inverse-CDF sampling; anything else is a merged
+        copy decoded by the ``transformers`` loop."""
+        common = {"max_batch_size": self.max_batch_size, "eos_token_ids": self.eos_token_ids}
+        if self.sampler == "bf16" and self.lean_loop:
+            reason = lean.supports(self.model)
+            if reason is None:
+                decoder = lean.LeanDecoder(
+                    self.model, self.tokenizer.pad_token_id, dtype=torch.bfloat16
+                )
+                return HFBackend(
+                    self.model, self.tokenizer, decoder=decoder, sampling="inverse-cdf", **common
+                )
             if not self._told:
                 warnings.warn(
-                    f"the bf16 sampler decodes without the lean loop: {reason}", stacklevel=3
+                    f"the bf16 sampler decodes without the lean loop: {reason}", stacklevel=4
                 )
                 self._told = True
-            return {}
-        return {
-            "decoder": lean.LeanDecoder(copy_model, self.tokenizer.pad_token_id),
-            "sampling": "inverse-cdf",
-        }
+        return HFBackend(COPIES[self.sampler](self.model), self.tokenizer, **common)
 
     def generate(
         self,

@@ -11,10 +11,12 @@ collector's bookkeeping, logprobs, env steps or re-batching across turns.
 Then the fast CPU samplers (``rollout.sampler=bf16|int8``, issue 12) against the exact hf decoder
 on the same first-turn prompts and seeds: generated tokens/s of each, alternated ``--rounds``
 times, and each fast sampler's per-token KL to the trainer's fp32 forward pass (what the update's
-correction sees as ``rollout/sampler_kl``).
+correction sees as ``rollout/sampler_kl``). ``bf16`` decodes through the lean loop
+(``agents/lean.py``); ``bf16-hf`` is the same copy through transformers' loop. Every row decodes
+``--max-new-tokens`` (no EOS) unless ``--natural-length``, so each sampler does the same work.
 
     python bench/bench_rollout.py [--tasks 4] [--group 4] [--max-new-tokens 64] [--attempts 1]
-                                  [--rounds 2] [--skip-sampler]
+                                  [--rounds 2] [--skip-sampler] [--natural-length]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.models import load_model
-from ptgym.agents.quantized import COPIES, CopyBackend
+from ptgym.agents.quantized import CopyBackend
 from ptgym.build import env_factory
 from ptgym.config import EnvConfig
 from ptgym.losses import sampler_is_weights, token_logprobs
@@ -95,6 +97,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--skip-sampler", action="store_true", help="skip the fast-sampler comparison"
+    )
+    parser.add_argument(
+        "--natural-length",
+        action="store_true",
+        help="sampler comparison: let rows end at EOS (default: every row decodes "
+        "--max-new-tokens, the same work for every sampler)",
     )
     args = parser.parse_args()
 
@@ -171,12 +179,28 @@ def main() -> None:
 
 
 def compare_samplers(model, tokenizer, prompts: list[list[int]], args) -> None:
-    """tokens/s of each fast sampler vs the exact decoder (same prompts, seeds), and its KL."""
+    """tokens/s of each fast sampler vs the exact decoder (same prompts, seeds), and its KL.
+
+    Unless ``--natural-length``, no token ends a row, so every sampler decodes the same rows x
+    steps: samplers that sample different completions would otherwise be timed on different
+    amounts of work (shorter completions spread the prefill over fewer tokens). ``bf16-hf`` is the
+    bf16 copy decoded by transformers' loop instead of the lean one: the lean loop's own share."""
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     seeds = list(range(len(prompts)))
-    backends = {"exact": HFBackend(model, tokenizer, max_batch_size=args.batch_size)}
-    for name in COPIES:
-        backends[name] = CopyBackend(model, tokenizer, sampler=name, max_batch_size=args.batch_size)
+    never = None if args.natural_length else [-1]  # an id no row can sample
+    backends = {
+        "exact": HFBackend(model, tokenizer, max_batch_size=args.batch_size, eos_token_ids=never)
+    }
+    copies = {"bf16": ("bf16", True), "bf16-hf": ("bf16", False), "int8": ("int8", False)}
+    for name, (sampler, lean_loop) in copies.items():
+        backends[name] = CopyBackend(
+            model,
+            tokenizer,
+            sampler=sampler,
+            max_batch_size=args.batch_size,
+            lean_loop=lean_loop,
+            eos_token_ids=never,
+        )
         t = time.perf_counter()
         backends[name].sync(0)
         backends[name].generate(prompts[:1], SamplingParams(max_new_tokens=1))  # builds the copy
