@@ -177,6 +177,12 @@ class TrainerConfig:
         8, "rows per forward/backward; gradients accumulate over the batch", minimum=1
     )
     grad_clip: float = opt(1.0, "max global grad norm (0 = off)")
+    shared_prefix: bool = opt(
+        True,
+        "run a prompt shared by several rows (a GRPO group) once in the update's forward "
+        "pass; off: every row from position 0 (PPO's value head and gradient checkpointing "
+        "always do)",
+    )
     warmup_steps: int = opt(0, "linear LR warm-up steps")
     schedule: str = opt(
         "constant", "LR schedule after warm-up", choices=("constant", "linear", "cosine")

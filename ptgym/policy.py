@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ptgym import prefix
 from ptgym.config import LoraConfig, ModelConfig
 from ptgym.losses import entropy_from_logits, token_logprobs
 
@@ -37,6 +39,7 @@ class Policy(nn.Module):
         lora: LoraConfig,
         value_head: bool,
         need_reference: bool,
+        shared_prefix: bool = True,
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -56,6 +59,12 @@ class Policy(nn.Module):
                 ),
             )
         self.model = model
+        self.shared_prefix = shared_prefix
+        self._cache_keyword = (
+            "cache"
+            if "cache" in inspect.signature(self._base().forward).parameters
+            else "past_key_values"
+        )
         self.value_head = nn.Linear(model.config.hidden_size, 1) if value_head else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
@@ -64,6 +73,10 @@ class Policy(nn.Module):
         self._frozen_ref = None
         if need_reference and not lora.enabled:
             self._frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _base(self) -> Any:
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     @property
     def device(self) -> torch.device:
@@ -80,14 +93,34 @@ class Policy(nn.Module):
         temperature: float = 1.0,
         with_entropy: bool = False,
         first: int = 1,
+        starts: Tensor | None = None,
     ) -> ForwardOut:
         """Logprobs (and entropy, values) of every token from position ``first`` on.
 
         ``first`` is the earliest position that holds a sampled token in this batch: the
         vocabulary projection, the largest tensor of the pass (B x T x V), is only computed for
         the positions that predict tokens ``first..T-1`` (``logits_to_keep``); the rest is 0.
+        ``starts`` (B,), each row's first sampled position, lets rows that share a prompt run it
+        once (``ptgym.prefix``; not with a value head, and only where it saves positions); then
+        only each row's own tokens from its prompt's last one on are filled in.
         """
         T = input_ids.shape[1]
+        shared = None
+        if starts is not None and self.shared_prefix and self.value_head is None:
+            shared = prefix.plan(input_ids, attention_mask, starts)
+        if shared is not None:
+            logits = _scaled(
+                prefix.suffix_logits(self.model, shared, self._cache_keyword)[:, :-1].float(),
+                temperature,
+            )  # (B, S-1, V)
+            logprobs = prefix.to_columns(
+                shared, token_logprobs(logits, shared.suffix_ids[:, 1:]), T
+            )
+            entropy = None
+            if with_entropy:
+                with torch.no_grad():
+                    entropy = prefix.to_columns(shared, entropy_from_logits(logits), T)
+            return ForwardOut(logprobs, entropy, None)
         first = max(1, min(first, T - 1))
         out = self.model(
             input_ids=input_ids,
@@ -164,4 +197,11 @@ def build_policy(
         model.config.use_cache = False
         if lora.enabled:  # frozen embeddings: checkpointed blocks still need inputs with grads
             model.enable_input_require_grads()
-    return Policy(model, tokenizer, lora=lora, value_head=value_head, need_reference=need_reference)
+    return Policy(
+        model,
+        tokenizer,
+        lora=lora,
+        value_head=value_head,
+        need_reference=need_reference,
+        shared_prefix=not model_cfg.gradient_checkpointing,  # checkpointing turns the cache off
+    )

@@ -158,12 +158,21 @@ class Update:
         with torch.no_grad(), self.autocast:
             for b in self._micro_batches(batch):
                 fwd = self.policy(
-                    b.input_ids, b.attention_mask, temperature=self.temperature, first=b.first
+                    b.input_ids,
+                    b.attention_mask,
+                    temperature=self.temperature,
+                    first=b.first,
+                    starts=self._starts(b),
                 )
                 logprobs.append(fwd.logprobs.float())
                 if fwd.values is not None:
                     values.append(fwd.values.float())
         return torch.cat(logprobs), (torch.cat(values) if values else None)
+
+    def _starts(self, b: Batch) -> Tensor | None:
+        """Each row's first sampled position, for the shared-prompt pass (``ptgym.prefix``), or
+        None where ``trainer.shared_prefix`` is off."""
+        return b.mask.argmax(dim=1) if self.trainer.shared_prefix else None
 
     def _micro_batches(self, batch: Batch):
         mb = self.trainer.micro_batch
@@ -224,6 +233,7 @@ class Update:
                 temperature=self.temperature,
                 with_entropy=True,
                 first=b.first,
+                starts=self._starts(b),
             )
         if correct:
             self._correct_sampler(b, out.logprobs.detach().float())

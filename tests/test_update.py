@@ -81,14 +81,19 @@ def trajectories(policy: Policy, episodes=EPISODES, *, turns: int = 1) -> list[T
     return out
 
 
-def make_update(policy: Policy, *, lr: float = 0.0, micro_batch: int = 8, **algo) -> Update:
-    """Plain SGD (lr 0 keeps the weights, so ``.grad`` can be compared) and no grad clipping."""
+def make_update(
+    policy: Policy, *, lr: float = 0.0, micro_batch: int = 8, shared_prefix: bool = False, **algo
+) -> Update:
+    """Plain SGD (lr 0 keeps the weights, so ``.grad`` can be compared) and no grad clipping.
+    The shared-prompt pass is off unless asked for: it computes the same values in another
+    order, so float rounding would blur the exact comparisons here (it has its own tests, and
+    ``test_the_shared_prompt_update_takes_the_same_step``)."""
     opt = torch.optim.SGD(policy.trainable_parameters(), lr=lr)
     return build_update(
         policy,
         opt,
         AlgoConfig(**algo),
-        TrainerConfig(micro_batch=micro_batch, grad_clip=0.0),
+        TrainerConfig(micro_batch=micro_batch, grad_clip=0.0, shared_prefix=shared_prefix),
         SamplingConfig(temperature=1.0),
         RolloutConfig(max_tokens=16),
     )
@@ -100,6 +105,31 @@ def ids(trajs: list[Trajectory]) -> list[str]:
 
 def grads(policy: Policy) -> list[torch.Tensor]:
     return [p.grad.clone() for p in policy.trainable_parameters()]
+
+
+def test_the_shared_prompt_update_takes_the_same_step(monkeypatch):
+    """``trainer.shared_prefix`` (on by default) changes how the forward pass is computed, not
+    what it computes: the same loss and gradient as the plain pass, to float rounding."""
+    from ptgym import prefix
+
+    shared_passes = []
+    real = prefix.suffix_logits
+    monkeypatch.setattr(
+        prefix, "suffix_logits", lambda *a: shared_passes.append(1) or real(*a)
+    )  # counts the shared passes, runs the real one
+    policy = make_policy()
+    batch_trajs = trajectories(policy)
+    results = {}
+    for shared in (False, True):
+        update = make_update(policy, shared_prefix=shared)
+        stats = update.step(update.make_batch(update.select(batch_trajs)[0]))
+        results[shared] = (grads(policy), stats)
+    assert sum(float(g.abs().sum()) for g in results[False][0]) > 0
+    assert shared_passes  # the groups' prompts did run once
+    for g, ref in zip(results[True][0], results[False][0], strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-3, atol=1e-5)
+    for key in ("loss/total", "loss/pg_loss", "loss/entropy"):
+        assert results[True][1][key] == pytest.approx(results[False][1][key], rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "constant"])
