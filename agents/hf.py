@@ -140,7 +140,7 @@ class _InverseCDFSampler:
 SAMPLERS = {"gumbel": _RowSampler, "inverse-cdf": _InverseCDFSampler}
 
 
-def _cache_keyword(model: Any) -> str:
+def cache_keyword(model: Any) -> str:
     """The forward argument that takes the KV cache: ``cache`` in recent transformers (which
     deprecates ``past_key_values``), ``past_key_values`` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -161,7 +161,7 @@ class _ModelDecoder:
 
     def __init__(self, model: Any, pad_token_id: int):
         self.model, self.pad_token_id = model, pad_token_id
-        self.keyword = _cache_keyword(model)
+        self.keyword = cache_keyword(model)
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # (rows, columns)
         self.position: torch.Tensor | None = None  # (rows,)

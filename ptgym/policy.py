@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +59,6 @@ class Policy(nn.Module):
             )
         self.model = model
         self.shared_prefix = shared_prefix
-        self._cache_keyword = (
-            "cache"
-            if "cache" in inspect.signature(self._base().forward).parameters
-            else "past_key_values"
-        )
         self.value_head = nn.Linear(model.config.hidden_size, 1) if value_head else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
@@ -73,10 +67,6 @@ class Policy(nn.Module):
         self._frozen_ref = None
         if need_reference and not lora.enabled:
             self._frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def _base(self) -> Any:
-        model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     @property
     def device(self) -> torch.device:
@@ -110,7 +100,7 @@ class Policy(nn.Module):
             shared = prefix.plan(input_ids, attention_mask, starts)
         if shared is not None:
             logits = _scaled(
-                prefix.suffix_logits(self.model, shared, self._cache_keyword)[:, :-1].float(),
+                prefix.suffix_logits(self.model, shared)[:, :-1].float(),
                 temperature,
             )  # (B, S-1, V)
             logprobs = prefix.to_columns(

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from ptgym.agents.hf import cache_keyword
+
 MIN_SAVING = 0.1  # share only when it removes at least this share of the token positions
 
 
@@ -85,11 +87,12 @@ def plan(input_ids: Tensor, attention_mask: Tensor, starts: Tensor) -> PrefixPla
     )
 
 
-def suffix_logits(model: Any, p: PrefixPlan, cache_keyword: str) -> Tensor:
+def suffix_logits(model: Any, p: PrefixPlan) -> Tensor:
     """Run the prompts once and every row's suffix against its prompt's cache; the suffix's
     logits (B, S, V): ``[:, j]`` predicts the token after suffix position j."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=base.config)
+    keyword = cache_keyword(model)
     position = (p.prefix_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding at position 0
     model(
         input_ids=p.prefix_ids,
@@ -97,7 +100,7 @@ def suffix_logits(model: Any, p: PrefixPlan, cache_keyword: str) -> Tensor:
         position_ids=position,
         use_cache=True,
         logits_to_keep=1,
-        **{cache_keyword: cache},
+        **{keyword: cache},
     )
     cache.batch_select_indices(p.owner)  # each row reads its prompt's keys and values
     width = p.suffix_ids.shape[1]
@@ -107,7 +110,7 @@ def suffix_logits(model: Any, p: PrefixPlan, cache_keyword: str) -> Tensor:
         attention_mask=torch.cat([p.prefix_mask[p.owner], p.suffix_mask], dim=1),
         position_ids=suffix_position,
         use_cache=True,
-        **{cache_keyword: cache},
+        **{keyword: cache},
     ).logits
 
 
