@@ -46,13 +46,18 @@ from ptgym.types import Action
 BARE_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 PROMPT = "?"
 CALL_SHARE = 0.8  # of the warm start's rows that call the tool (see the module docstring)
-# Reached at CI size (30 steps of 128 episodes); issue 11 asks for 0.9, which this run does not
-# reach: measured, the 3-step mean stayed between 0.59 and 0.74 from step 14 to step 38.
+# The sampled reward's 3-step mean, reached at CI size (30 steps of 128 episodes); issue 11 asks
+# for 0.9, which this run does not reach. Measured with BETA: at most 0.73 by step 30, 0.84 by
+# step 45 (without the KL term: 0.59-0.74 from step 14 to step 38).
 TARGET = 0.5
-# The trained policy decoding greedily on 100 fresh secrets. Issue 11 asks for 0.9; measured 0.71
-# after 30 steps and again after 45: the secrets whose copy the policy never samples give groups
-# that all score 0, which carry no GRPO gradient, so those digits stay wrong (the warm start: 0.10).
-GREEDY_TARGET = 0.6
+# The trained policy decoding greedily on 100 fresh secrets. Issue 11 asks for 0.9. Measured: 0.71
+# after 30 steps (and 45) without a KL term: the secrets whose copy the policy never sampled
+# collapsed onto a wrong digit, and their groups, all 0, carried no gradient. With a KL penalty to
+# the warm start (``algo.beta=0.1``; its answers after a call are uniform over the digits), those
+# digits keep being sampled: 0.82 after 30 steps and again after 45 (beta 0.3: 0.71, still
+# rising at step 30; groups of 16 over 8 tasks instead: 0.47). The warm start: 0.10.
+GREEDY_TARGET = 0.7
+BETA = 0.1
 CALL = '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'
 LOOKUP = {
     "type": "function",
@@ -187,6 +192,7 @@ def test_grpo_learns_to_use_a_tool(tmp_path):
             "tasks=16",
             "group=8",
             "algo=grpo",
+            f"algo.beta={BETA}",
             "trainer.lr=3e-3",
             "trainer.steps=30",
             "trainer.micro_batch=128",
