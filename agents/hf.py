@@ -45,6 +45,21 @@ from .backend import Completion, SamplingParams, check_prompts, row_seeds
 SEED_BOUND = 2**63 - 1  # rows without a seed draw one below this from the global RNG
 
 
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts left-padded to the longest: token ids, attention mask (1 on tokens) and positions
+    (padding sits at position 0), each (U, L) long, on ``device``."""
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    for r, prompt in enumerate(prompts):
+        ids[r, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
+        mask[r, width - len(prompt) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
 def _truncate(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Tempered ``scores`` with the tokens that top-k and top-p drop set to -inf (a new tensor
     where anything is dropped)."""
@@ -75,7 +90,10 @@ class _RowSampler:
         self.generators = generators
 
     def __call__(self, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = _truncate(scores / self.params.temperature, self.params)  # (B, V)
+        return self._noisy(scores / self.params.temperature)
+
+    def _noisy(self, tempered: torch.Tensor) -> torch.Tensor:
+        scores = _truncate(tempered, self.params)  # (B, V)
         uniform = torch.empty(scores.shape, dtype=torch.float64, device=scores.device)  # (B, V)
         for row, generator in zip(uniform, self.generators, strict=True):
             row.uniform_(generator=generator)  # each row draws from its own stream only
@@ -84,8 +102,8 @@ class _RowSampler:
 
     def draw(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per row and its logprob under ``softmax(scores / T)``: (B,), (B,)."""
-        chosen = self(scores).argmax(dim=-1)
         tempered = scores / self.params.temperature
+        chosen = self._noisy(tempered).argmax(dim=-1)
         return chosen, torch.log_softmax(tempered, dim=-1).gather(1, chosen[:, None])[:, 0]
 
 
@@ -173,14 +191,7 @@ class _ModelDecoder:
     def prefill(self, prompts: Sequence[Sequence[int]], capacity: int) -> torch.Tensor:
         """Left-padded forward over the prompts; next-token logits (U, V). (The cache grows as
         needed, so ``capacity`` is not used.)"""
-        rows, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)  # (U, L)
-        for r, prompt in enumerate(prompts):
-            input_ids[r, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
-            mask[r, width - len(prompt) :] = 1
-        input_ids, self.mask = input_ids.to(self.device), mask.to(self.device)
-        position = (self.mask.cumsum(dim=1) - 1).clamp(min=0)  # padding sits at position 0
+        input_ids, self.mask, position = left_pad(prompts, self.pad_token_id, self.device)
         self.cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=input_ids,

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .hf import left_pad
+
 FAMILIES = ("llama", "qwen2", "qwen3")
 
 
@@ -218,16 +220,13 @@ class LeanDecoder:
     def prefill(self, prompts: Sequence[Sequence[int]], capacity: int) -> torch.Tensor:
         """Run the prompts (left-padded to one width) into a fresh cache of ``capacity``
         columns; the last position's logits, (rows, vocabulary)."""
-        rows, width = len(prompts), max(len(p) for p in prompts)
+        width = max(len(p) for p in prompts)
         if capacity < width:
             raise ValueError(f"capacity {capacity} is below the longest prompt ({width} tokens)")
-        tokens = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((rows, capacity), dtype=torch.bool)
-        for r, prompt in enumerate(prompts):
-            tokens[r, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
-            mask[r, width - len(prompt) : width] = True
-        tokens, self.mask = tokens.to(self.device), mask.to(self.device)
-        positions = (self.mask[:, :width].long().cumsum(dim=1) - 1).clamp(min=0)  # (rows, width)
+        tokens, mask, positions = left_pad(prompts, self.pad_token_id, self.device)
+        rows = len(prompts)
+        self.mask = torch.zeros((rows, capacity), dtype=torch.bool, device=self.device)
+        self.mask[:, :width] = mask.bool()
         self.cache = torch.empty(  # every column is written before attention reads it
             (len(self.layers), 2, rows, self.kv_heads, capacity, self.head_dim),
             dtype=torch.float32,

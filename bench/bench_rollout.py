@@ -30,7 +30,7 @@ import torch
 
 from ptgym.agents.backend import SamplingParams
 from ptgym.agents.chat import ChatRenderer
-from ptgym.agents.hf import HFBackend
+from ptgym.agents.hf import HFBackend, left_pad
 from ptgym.agents.models import load_model
 from ptgym.agents.quantized import CopyBackend
 from ptgym.build import env_factory
@@ -55,12 +55,8 @@ class CountingBackend:
 
 def bare_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int, temperature: float):
     """Sample exactly ``new_tokens`` for every prompt in one left-padded batch; seconds taken."""
-    width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, L)
-    attention_mask = (
-        torch.arange(width)[None, :] >= width - torch.tensor([len(p) for p in prompts])[:, None]
-    ).long()  # (B, L)
+    input_ids, attention_mask, _ = left_pad(prompts, pad, "cpu")  # (B, L) each
     start = time.perf_counter()
     with torch.no_grad():
         model.generate(

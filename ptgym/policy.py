@@ -99,34 +99,30 @@ class Policy(nn.Module):
         if starts is not None and self.shared_prefix and self.value_head is None:
             shared = prefix.plan(input_ids, attention_mask, starts)
         if shared is not None:
-            logits = _scaled(
-                prefix.suffix_logits(self.model, shared)[:, :-1].float(),
-                temperature,
-            )  # (B, S-1, V)
-            logprobs = prefix.to_columns(
-                shared, token_logprobs(logits, shared.suffix_ids[:, 1:]), T
+            out = None
+            raw = prefix.suffix_logits(self.model, shared)  # (B, S, V)
+            targets = shared.suffix_ids[:, 1:]
+            place = lambda x: prefix.to_columns(shared, x, T)  # noqa: E731
+        else:
+            first = max(1, min(first, T - 1))
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=self.value_head is not None,
+                use_cache=False,
+                logits_to_keep=T - first + 1,
             )
-            entropy = None
-            if with_entropy:
-                with torch.no_grad():
-                    entropy = prefix.to_columns(shared, entropy_from_logits(logits), T)
-            return ForwardOut(logprobs, entropy, None)
-        first = max(1, min(first, T - 1))
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=self.value_head is not None,
-            use_cache=False,
-            logits_to_keep=T - first + 1,
-        )
-        logits = _scaled(out.logits[:, :-1].float(), temperature)  # (B, T-first, V)
-        logprobs = _left_pad(token_logprobs(logits, input_ids[:, first:]), first)  # (B, T)
+            raw = out.logits  # (B, T-first+1, V)
+            targets = input_ids[:, first:]
+            place = lambda x: _left_pad(x, first)  # noqa: E731
+        logits = _scaled(raw[:, :-1].float(), temperature)
+        logprobs = place(token_logprobs(logits, targets))  # (B, T)
         entropy = None
         if with_entropy:
             with torch.no_grad():
-                entropy = _left_pad(entropy_from_logits(logits), first)
+                entropy = place(entropy_from_logits(logits))
         values = None
-        if self.value_head is not None:
+        if out is not None and self.value_head is not None:
             hidden = out.hidden_states[-1].float()  # (B, T, H)
             v = self.value_head(hidden).squeeze(-1)  # (B, T): V(state before token t+1)
             values = _left_pad(v[:, :-1], 1)  # values[:, t] = V(state before token t)

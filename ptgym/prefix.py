@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from ptgym.agents.hf import cache_keyword
+from ptgym.agents.hf import cache_keyword, left_pad
 
 MIN_SAVING = 0.1  # share only when it removes at least this share of the token positions
 
@@ -37,6 +37,7 @@ class PrefixPlan:
     owner: Tensor  # (B,) which prompt each row continues
     prefix_ids: Tensor  # (U, L) the distinct prompts, left-padded
     prefix_mask: Tensor  # (U, L)
+    prefix_position: Tensor  # (U, L)
     lengths: Tensor  # (U,) each prompt's length (the suffix's first position)
     suffix_ids: Tensor  # (B, S) each row from its prompt's end on, right-padded
     suffix_mask: Tensor  # (B, S)
@@ -65,12 +66,7 @@ def plan(input_ids: Tensor, attention_mask: Tensor, starts: Tensor) -> PrefixPla
     if shared_positions > (1 - MIN_SAVING) * rows * width:
         return None
     device = input_ids.device
-    prefix_ids = input_ids.new_zeros((len(keys), prefix_width))
-    prefix_mask = attention_mask.new_zeros((len(keys), prefix_width))
-    for key, u in keys.items():
-        if key:
-            prefix_ids[u, prefix_width - len(key) :] = torch.as_tensor(key, device=device)
-            prefix_mask[u, prefix_width - len(key) :] = 1
+    prefix_ids, prefix_mask, prefix_position = left_pad(list(keys), 0, device)
     suffix_ids = input_ids.new_zeros((rows, suffix_width))
     suffix_mask = attention_mask.new_zeros((rows, suffix_width))
     for i, o in enumerate(owner):
@@ -81,6 +77,7 @@ def plan(input_ids: Tensor, attention_mask: Tensor, starts: Tensor) -> PrefixPla
         torch.as_tensor(owner, device=device),
         prefix_ids,
         prefix_mask,
+        prefix_position,
         torch.as_tensor(prefix_lengths, device=device),
         suffix_ids,
         suffix_mask,
@@ -93,11 +90,10 @@ def suffix_logits(model: Any, p: PrefixPlan) -> Tensor:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=base.config)
     keyword = cache_keyword(model)
-    position = (p.prefix_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding at position 0
     model(
         input_ids=p.prefix_ids,
         attention_mask=p.prefix_mask,
-        position_ids=position,
+        position_ids=p.prefix_position,
         use_cache=True,
         logits_to_keep=1,
         **{keyword: cache},
