@@ -6,6 +6,25 @@ Conventions accepted, in order of precedence:
    Qwen2.5 and NousResearch Hermes templates teach; ptgym's tool instructions ask for it). A final
    block left unclosed (the completion hit its token limit or a ``</tool_call>`` stop string was
    cut) is parsed too.
+   Inside a block, the body may instead be Qwen3-Coder's XML form, whose values are raw text, so
+   code needs no JSON escaping (``raw_tool_call_text`` writes it)::
+
+       <tool_call>
+       <function=write_file>
+       <parameter=path>
+       solution.py
+       </parameter>
+       <parameter=content>
+       print("a\\tb")
+       </parameter>
+       </function>
+       </tool_call>
+
+   One newline after ``<parameter=...>`` and one before ``</parameter>`` are part of the tags.
+   A value is kept as text unless the tool's schema types that parameter otherwise (integer,
+   number, boolean, array, object): then it is read as JSON. Each ``<function=`` and
+   ``<parameter=`` must be closed; a value cut by the token limit is an error, never a
+   truncated program.
 2. When the text has no ``<tool_call>`` tag: JSON objects with ``"name"`` and ``"arguments"``, in
    fenced ```json blocks or bare in the text (what small models often write instead).
 
@@ -31,6 +50,9 @@ FORMAT_HINT = 'write <tool_call>{"name": "...", "arguments": {...}}</tool_call>'
 _BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL)
 _DECODER = json.JSONDecoder()
+RAW_HINT = "write <tool_call>\n<function=NAME>\n<parameter=ARG>\nVALUE\n</parameter>\n</function>\n</tool_call>"
+_FUNCTION_OPEN = re.compile(r"\s*<function=([^>\n]*)>")
+_PARAM = re.compile(r"<parameter=([^>\n]*)>(.*?)</parameter>", re.DOTALL)
 
 
 @dataclass
@@ -100,13 +122,68 @@ def _call_from_obj(
     return ToolCall(name=name, arguments=args), None
 
 
-def _hermes_blocks(text: str) -> tuple[list[tuple[Any, str | None]], str]:
-    """Decoded ``<tool_call>`` blocks as ``(object, json_error)`` pairs, and the text without them."""
+def _raw_value(value: str) -> str:
+    """A parameter's text without the newline that ends its opening tag and the one before
+    ``</parameter>``."""
+    value = value[1:] if value.startswith("\n") else value
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _raw_call(
+    body: str, where: str, schemas: dict[str, dict[str, Any]] | None
+) -> tuple[Any, str | None]:
+    """A ``<function=NAME>`` body -> ``({"name", "arguments"}, None)`` or ``(None, error)``.
+
+    Values are strings unless ``schemas`` types the parameter otherwise; then they are JSON."""
+    head = _FUNCTION_OPEN.match(body)
+    name = head.group(1).strip() if head else ""
+    end = body.rfind("</function>")
+    if end < head.end():
+        return None, (
+            f"{where} ({name}): <function={name}> is not closed by </function> (was the reply cut "
+            f"by its token limit?); {RAW_HINT}"
+        )
+    inner = body[head.end() : end]
+    props = ((schemas or {}).get(name) or {}).get("properties") or {}
+    args: dict[str, Any] = {}
+    for match in _PARAM.finditer(inner):
+        key, value = match.group(1).strip(), _raw_value(match.group(2))
+        kind = (props.get(key) or {}).get("type", "string")
+        if kind != "string":
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                return (
+                    None,
+                    f"{where} ({name}): parameter {key!r} must be {kind} (as JSON), got {value[:40]!r}",
+                )
+        args[key] = value
+    leftover = _PARAM.sub("", inner)
+    if "<parameter=" in leftover:
+        return None, (
+            f"{where} ({name}): a <parameter=...> is not closed by </parameter>; {RAW_HINT}"
+        )
+    if leftover.strip():
+        return None, (
+            f"{where} ({name}): text outside <parameter=...></parameter> tags: "
+            f"{leftover.strip()[:40]!r}; {RAW_HINT}"
+        )
+    return {"name": name, "arguments": args}, None
+
+
+def _hermes_blocks(
+    text: str, schemas: dict[str, dict[str, Any]] | None
+) -> tuple[list[tuple[Any, str | None]], str]:
+    """Decoded ``<tool_call>`` blocks (JSON or XML bodies) as ``(object, error)`` pairs, and the
+    text without them."""
     found: list[tuple[Any, str | None]] = []
     for i, match in enumerate(_BLOCK.finditer(text)):
-        body = match.group(1).strip()
+        body = match.group(1)
+        if _FUNCTION_OPEN.match(body):
+            found.append(_raw_call(body, f"tool call {i + 1}", schemas))
+            continue
         try:
-            found.append((json.loads(body), None))
+            found.append((json.loads(body.strip()), None))
         except (ValueError, RecursionError) as err:
             found.append((None, _json_error(f"tool call {i + 1}", err)))
     return found, _BLOCK.sub("", text)
@@ -159,7 +236,7 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> Pa
     schemas = _schemas(tools)
     result = ParseResult()
     if OPEN in text:
-        found, rest = _hermes_blocks(text)
+        found, rest = _hermes_blocks(text, schemas)
     else:
         objs, rest = _json_calls(text)
         found = [(obj, None) for obj in objs]
@@ -173,6 +250,16 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> Pa
         result.errors.append(error)
     result.content = rest.strip()
     return result
+
+
+def raw_tool_call_text(name: str, /, **arguments: Any) -> str:
+    """The XML-form call of tool ``name`` (see the module docstring): values are written as they
+    are (strings) or as JSON (anything else), never escaped."""
+    params = "".join(
+        f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v)}\n</parameter>\n"
+        for k, v in arguments.items()
+    )
+    return f"{OPEN}\n<function={name}>\n{params}</function>\n{CLOSE}"
 
 
 def format_tool_result(call: ToolCall, result: str) -> dict[str, Any]:

@@ -11,7 +11,9 @@ sent to the grader on stdin and never exist where the agent's code could reach t
 verdict comes from a judge process the solution cannot touch (``ptgym.envs.humaneval_grader``).
 
 Tools (OpenAI function schemas in ``info["tools"]``), called in the Hermes format
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, several per reply allowed:
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` or in its XML form with raw values
+(``<function=write_file><parameter=content>...``, see ``ptgym.agents.toolcalls``: code needs no
+JSON escaping), several per reply allowed:
 
 - ``run_python(code)``: run code in the workspace (cwd ``/work``, timeout ``timeout_s``);
   returns exit code, stdout and stderr (each capped, see ``SandboxConfig.max_output``).
@@ -87,7 +89,8 @@ far with at least one call and no malformed one), ``valid_turn_frac``, ``saved_b
 
 ## Version history
 
-- v0: initial version.
+- v0: initial version. The system prompt now also shows the XML call form with raw values
+  (December 2026; the JSON form is unchanged).
 """
 
 from __future__ import annotations
@@ -148,8 +151,19 @@ TOOLS = [
 ]
 SYSTEM_PROMPT = """You solve Python programming tasks in a sandbox with these tools:
 {tools}
-Call a tool by writing <tool_call>{{"name": "<tool>", "arguments": {{...}}}}</tool_call>. Results \
-come back as tool messages. Put the complete implementation in solution.py (write_file), check it \
+Call a tool by writing <tool_call>{{"name": "<tool>", "arguments": {{...}}}}</tool_call>, or, to \
+pass code or a file's content without escaping it:
+<tool_call>
+<function=write_file>
+<parameter=path>
+solution.py
+</parameter>
+<parameter=content>
+the whole file, as it is
+</parameter>
+</function>
+</tool_call>
+Results come back as tool messages. Put the complete implementation in solution.py (write_file), check it \
 with run_tests or run_python, then call submit. Only submit ends the task."""
 TASK_PROMPT = """Implement `{entry}` so that it does what its docstring says. solution.py \
 currently holds:

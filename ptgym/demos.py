@@ -51,8 +51,9 @@ class DemosCommand:
         "call",
         "code-tools: how a demonstration puts its code in solution.py: call = a write_file tool "
         "call (the program JSON-escaped in its arguments), block = a fenced ```python block, which "
-        "the env saves as solution.py (no escaping), then the same submit call",
-        choices=("call", "block"),
+        "the env saves as solution.py (no escaping), then the same submit call; raw = both calls "
+        "in the XML form whose values are raw text (write_file's program unescaped)",
+        choices=("call", "block", "raw"),
     )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
@@ -133,7 +134,10 @@ def code_tools_demos(
     ``i`` plays practice task ``(seed + i) % num_tasks``, so ``n`` of them cover the set evenly.
     ``write="block"``: the first reply is the program in a fenced python block (saved by the env
     as solution.py) instead of a ``write_file`` call, so the model never has to JSON-escape a
-    program; the second reply is the same ``submit`` call."""
+    program; the second reply is the same ``submit`` call. ``write="raw"``: both replies are
+    calls in the XML form (``raw_tool_call_text``), the program unescaped in ``write_file``'s
+    content, so every reply is a valid tool call with nothing to escape."""
+    from ptgym.agents.toolcalls import raw_tool_call_text
     from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
 
     if split != "train":
@@ -150,15 +154,16 @@ def code_tools_demos(
     def play(i: int) -> dict[str, Any] | None:
         _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
         code = env.task.prompt + env.task.canonical_solution
+        call = raw_tool_call_text if write == "raw" else tool_call_text
         reply = (
             f"```python\n{code}```"
             if write == "block"
-            else tool_call_text("write_file", path=SOLUTION, content=code)
+            else call("write_file", path=SOLUTION, content=code)
         )
         _, _, _, truncated, step_info = env.step(reply)
         if truncated or "error" in step_info:
             return None
-        _, _, terminated, _, final = env.step(tool_call_text("submit"))
+        _, _, terminated, _, final = env.step(call("submit"))
         # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
         if not (terminated and final.get("total") and final["passed"] == final["total"]):
             return None

@@ -197,6 +197,32 @@ def test_block_demonstrations_save_a_python_block_then_submit_and_score_1(sandbo
     assert env.step("no code, no call")[4]["saved_blocks"] == 1
 
 
+@pytest.mark.docker
+def test_raw_demonstrations_are_two_valid_xml_calls_with_the_program_unescaped(sandbox_pool):
+    """``write=raw``: write_file and submit in the XML call form; the program is in the reply as
+    it is (no JSON escapes), the env counts both replies as valid tool calls, and it scores 1."""
+    env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
+    rows, failed = code_tools_demos(3, seed=11, env=env, write="raw")
+    assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 3
+    by_id = {t.task_id: t for t in PRACTICE}
+    for row in rows:
+        task, messages = by_id[row["task_id"]], row["messages"]
+        assert [m["role"] for m in messages] == [
+            "system", "user", "assistant", "tool", "assistant", "tool"
+        ]  # fmt: skip
+        code = task.prompt + task.canonical_solution
+        assert code in messages[2]["content"] and "<function=write_file>" in messages[2]["content"]
+        write, submit = (parse_tool_calls(messages[i]["content"], TOOLS) for i in (2, 4))
+        assert write.calls[0].arguments == {"path": SOLUTION, "content": code}
+        assert [c.name for c in submit.calls] == ["submit"] and not submit.errors
+        assert messages[3]["content"] == f"wrote {len(code.encode())} bytes to {SOLUTION}"
+    env.reset(seed=0, options={"task_id": rows[0]["task_id"]})
+    write, submit = rows[0]["messages"][2]["content"], rows[0]["messages"][4]["content"]
+    assert env.step(write)[4]["valid_turns"] == 1
+    _, reward, _, _, info = env.step(submit)
+    assert (reward, info["valid_turn_frac"], info["saved_blocks"]) == (1.0, 1.0, 0)
+
+
 def test_block_demonstrations_are_for_code_tools_only(tmp_path):
     cfg = DemosCommand(n=1, out=str(tmp_path / "d.jsonl"), write="block")
     with pytest.raises(ValueError, match="write=block is for code-tools"):

@@ -13,6 +13,7 @@ from ptgym.agents.toolcalls import (
     format_errors,
     format_tool_result,
     parse_tool_calls,
+    raw_tool_call_text,
 )
 from ptgym.types import ToolCall
 
@@ -141,9 +142,69 @@ def test_parsing_arbitrary_text_never_raises(text):
     _check(parse_tool_calls(text, TOOLS))
 
 
+CODE = 'def f(s):\n    """Say "hi".\\n"""\n    return s.replace("\\\\", "/") + \'\\t\'\n'
+WRITE = {
+    "type": "function",
+    "function": {
+        "name": "write",
+        "parameters": {
+            "type": "object",
+            "properties": {"content": {"type": "string"}, "mode": {"type": "integer"}},
+            "required": ["content"],
+        },
+    },
+}
+
+
+def test_raw_xml_calls_carry_code_unescaped_and_read_back_exactly():
+    text = raw_tool_call_text("python", code=CODE)
+    assert CODE in text  # written as it is: no JSON escapes for a small model to get wrong
+    assert parse_tool_calls("Writing it.\n" + text, TOOLS) == ParseResult(
+        [ToolCall("python", {"code": CODE}, "call_0")], [], "Writing it."
+    )
+    # No parameters, a value that is only a newline, and JSON and XML blocks in one reply.
+    text = (
+        raw_tool_call_text("submit") + '<tool_call>{"name": "submit", "arguments": {}}</tool_call>'
+    )
+    assert [c.name for c in parse_tool_calls(text, TOOLS).calls] == ["submit", "submit"]
+    one = parse_tool_calls(
+        "<tool_call><function=python><parameter=code>\n\n\n</parameter></function>"
+    )
+    assert one.calls[0].arguments == {"code": "\n"}
+
+
+def test_raw_values_are_text_unless_the_schema_types_them():
+    text = raw_tool_call_text("write", content="7", mode=3)
+    assert parse_tool_calls(text, [WRITE]).calls[0].arguments == {"content": "7", "mode": 3}
+    assert parse_tool_calls(text).calls[0].arguments == {"content": "7", "mode": "3"}
+    bad = parse_tool_calls(text.replace("\n3\n", "\nthree\n"), [WRITE])
+    assert bad.calls == [] and "'mode' must be integer" in bad.errors[0]
+
+
+def test_a_raw_call_cut_or_malformed_is_an_error_never_a_partial_call():
+    full = raw_tool_call_text("python", code=CODE)
+    cut = parse_tool_calls(full[: full.index("return")], TOOLS)  # the token limit hit mid-program
+    assert cut.calls == [] and "not closed by </function>" in cut.errors[0]
+    assert "token limit" in cut.errors[0] and "<function=NAME>" in cut.errors[0]
+    unclosed = full.replace("</parameter>", "")
+    assert "not closed by </parameter>" in parse_tool_calls(unclosed, TOOLS).errors[0]
+    stray = full.replace("<function=python>", "<function=python>\nhello")
+    assert "text outside" in parse_tool_calls(stray, TOOLS).errors[0]
+    missing = parse_tool_calls(raw_tool_call_text("python"), TOOLS)
+    assert "missing required argument(s) 'code'" in missing.errors[0]
+    unknown = parse_tool_calls(raw_tool_call_text("shell", cmd="ls"), TOOLS)
+    assert "unknown tool 'shell'" in unknown.errors[0]
+
+
 MARKUP = st.sampled_from(
     [
         "<tool_call>",
+        "<function=",
+        "</function>",
+        "<parameter=",
+        "</parameter>",
+        ">",
+        "\n",
         "</tool_call>",
         "{",
         "}",
@@ -170,11 +231,15 @@ MARKUP = st.sampled_from(
     args=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
     cut=st.integers(min_value=0, max_value=200),
     insert=st.lists(st.tuples(st.integers(0, 200), MARKUP | st.text(max_size=3)), max_size=4),
-    as_string=st.booleans(),
+    form=st.sampled_from(["json", "json string", "raw"]),
 )
-def test_mutated_valid_calls_never_raise(name, args, cut, insert, as_string):
-    arguments = json.dumps(args) if as_string else args
-    text = f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+def test_mutated_valid_calls_never_raise(name, args, cut, insert, form):
+    arguments = json.dumps(args) if form == "json string" else args
+    text = (
+        raw_tool_call_text(name, **args)
+        if form == "raw"
+        else f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
+    )
     for pos, piece in insert:
         text = text[:pos] + piece + text[pos:]
     for candidate in (text, text[:cut], text.replace("<tool_call>", "")):
