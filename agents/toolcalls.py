@@ -50,7 +50,6 @@ FORMAT_HINT = 'write <tool_call>{"name": "...", "arguments": {...}}</tool_call>'
 _BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL)
 _DECODER = json.JSONDecoder()
-RAW_HINT = "write <tool_call>\n<function=NAME>\n<parameter=ARG>\nVALUE\n</parameter>\n</function>\n</tool_call>"
 _FUNCTION_OPEN = re.compile(r"\s*<function=([^>\n]*)>")
 _PARAM = re.compile(r"<parameter=([^>\n]*)>(.*?)</parameter>", re.DOTALL)
 
@@ -129,6 +128,18 @@ def _raw_value(value: str) -> str:
     return value[:-1] if value.endswith("\n") else value
 
 
+def _raw_hint(name: str, schemas: dict[str, dict[str, Any]] | None) -> str:
+    """How to write a call of ``name`` in the XML form, with its parameters from the schema.
+    Concrete on purpose: small models copy placeholders such as ``<function=NAME>`` verbatim."""
+    schema = (schemas or {}).get(name)
+    if schema is None:
+        return "write <tool_call>\n<function=TOOL>\n<parameter=ARG>\nvalue\n</parameter>\n</function>\n</tool_call>"
+    params = "".join(
+        f"<parameter={p}>\n...\n</parameter>\n" for p in schema.get("properties") or {}
+    )
+    return f"write {raw_tool_call_text(name).replace('</function>', params + '</function>')}"
+
+
 def _raw_call(
     body: str, where: str, schemas: dict[str, dict[str, Any]] | None
 ) -> tuple[Any, str | None]:
@@ -137,11 +148,12 @@ def _raw_call(
     Values are strings unless ``schemas`` types the parameter otherwise; then they are JSON."""
     head = _FUNCTION_OPEN.match(body)
     name = head.group(1).strip() if head else ""
+    hint = _raw_hint(name, schemas)
     end = body.rfind("</function>")
     if end < head.end():
         return None, (
             f"{where} ({name}): <function={name}> is not closed by </function> (was the reply cut "
-            f"by its token limit?); {RAW_HINT}"
+            f"by its token limit?); {hint}"
         )
     inner = body[head.end() : end]
     props = ((schemas or {}).get(name) or {}).get("properties") or {}
@@ -160,13 +172,11 @@ def _raw_call(
         args[key] = value
     leftover = _PARAM.sub("", inner)
     if "<parameter=" in leftover:
-        return None, (
-            f"{where} ({name}): a <parameter=...> is not closed by </parameter>; {RAW_HINT}"
-        )
+        return None, (f"{where} ({name}): a <parameter=...> is not closed by </parameter>; {hint}")
     if leftover.strip():
         return None, (
             f"{where} ({name}): text outside <parameter=...></parameter> tags: "
-            f"{leftover.strip()[:40]!r}; {RAW_HINT}"
+            f"{leftover.strip()[:40]!r}; {hint}"
         )
     return {"name": name, "arguments": args}, None
 

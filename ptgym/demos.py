@@ -29,6 +29,7 @@ The system message holds the env's prompt with the tool instructions that
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ class DemosCommand:
         "call",
         "code-tools: how a demonstration puts its code in solution.py: call = a write_file tool "
         "call (the program JSON-escaped in its arguments), block = a fenced ```python block, which "
-        "the env saves as solution.py (no escaping), then the same submit call; raw = both calls "
-        "in the XML form whose values are raw text (write_file's program unescaped)",
+        "the env saves as solution.py (no escaping), then the same submit call; raw = the "
+        "write_file call in the XML form whose values are raw text (the program unescaped, "
+        "without docstrings), then the same submit call",
         choices=("call", "block", "raw"),
     )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
@@ -121,6 +123,25 @@ def _collect(n: int, play: Any) -> tuple[list[dict[str, Any]], int]:
     return rows, failed
 
 
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def without_docstrings(code: str) -> str:
+    """``code`` with the docstring of the module and of every function and class removed (an
+    emptied body gets ``pass``), as ``ast.unparse`` writes it; comments go too."""
+    tree = ast.parse(code)
+    kinds = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    for node in ast.walk(tree):
+        if isinstance(node, kinds) and node.body and _is_docstring(node.body[0]):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
 def code_tools_demos(
     n: int,
     *,
@@ -134,9 +155,10 @@ def code_tools_demos(
     ``i`` plays practice task ``(seed + i) % num_tasks``, so ``n`` of them cover the set evenly.
     ``write="block"``: the first reply is the program in a fenced python block (saved by the env
     as solution.py) instead of a ``write_file`` call, so the model never has to JSON-escape a
-    program; the second reply is the same ``submit`` call. ``write="raw"``: both replies are
-    calls in the XML form (``raw_tool_call_text``), the program unescaped in ``write_file``'s
-    content, so every reply is a valid tool call with nothing to escape."""
+    program; the second reply is the same ``submit`` call. ``write="raw"``: the ``write_file``
+    call is in the XML form (``raw_tool_call_text``), the program unescaped and without its
+    docstrings (``without_docstrings``: the 135M model, copying HumanEval's long docstrings, looped
+    until its token limit), then the same JSON ``submit`` call: every reply a valid tool call."""
     from ptgym.agents.toolcalls import raw_tool_call_text
     from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
 
@@ -154,16 +176,18 @@ def code_tools_demos(
     def play(i: int) -> dict[str, Any] | None:
         _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
         code = env.task.prompt + env.task.canonical_solution
-        call = raw_tool_call_text if write == "raw" else tool_call_text
-        reply = (
-            f"```python\n{code}```"
-            if write == "block"
-            else call("write_file", path=SOLUTION, content=code)
-        )
+        if write == "block":
+            reply = f"```python\n{code}```"
+        elif write == "raw":
+            reply = raw_tool_call_text(
+                "write_file", path=SOLUTION, content=without_docstrings(code)
+            )
+        else:
+            reply = tool_call_text("write_file", path=SOLUTION, content=code)
         _, _, _, truncated, step_info = env.step(reply)
         if truncated or "error" in step_info:
             return None
-        _, _, terminated, _, final = env.step(call("submit"))
+        _, _, terminated, _, final = env.step(tool_call_text("submit"))
         # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
         if not (terminated and final.get("total") and final["passed"] == final["total"]):
             return None

@@ -12,7 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ptgym.agents.toolcalls import parse_tool_calls
-from ptgym.demos import DemosCommand, _with_tools, code_tools_demos, write_demos
+from ptgym.demos import (
+    DemosCommand,
+    _with_tools,
+    code_tools_demos,
+    without_docstrings,
+    write_demos,
+)
 from ptgym.envs.code_tools import SOLUTION, TOOLS, CodeToolsEnv, tool_call_text
 from ptgym.envs.humaneval_tasks import load_tasks
 from ptgym.envs.practice_tasks import load_practice_tasks
@@ -199,8 +205,9 @@ def test_block_demonstrations_save_a_python_block_then_submit_and_score_1(sandbo
 
 @pytest.mark.docker
 def test_raw_demonstrations_are_two_valid_xml_calls_with_the_program_unescaped(sandbox_pool):
-    """``write=raw``: write_file and submit in the XML call form; the program is in the reply as
-    it is (no JSON escapes), the env counts both replies as valid tool calls, and it scores 1."""
+    """``write=raw``: write_file in the XML call form, the program as it is (no JSON escapes) and
+    without docstrings, then the JSON submit; the env counts both replies as valid tool calls,
+    and the program still passes every hidden test."""
     env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
     rows, failed = code_tools_demos(3, seed=11, env=env, write="raw")
     assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 3
@@ -210,7 +217,8 @@ def test_raw_demonstrations_are_two_valid_xml_calls_with_the_program_unescaped(s
         assert [m["role"] for m in messages] == [
             "system", "user", "assistant", "tool", "assistant", "tool"
         ]  # fmt: skip
-        code = task.prompt + task.canonical_solution
+        code = without_docstrings(task.prompt + task.canonical_solution)
+        assert '"""' in task.prompt and '"""' not in code and f"def {task.entry_point}(" in code
         assert code in messages[2]["content"] and "<function=write_file>" in messages[2]["content"]
         write, submit = (parse_tool_calls(messages[i]["content"], TOOLS) for i in (2, 4))
         assert write.calls[0].arguments == {"path": SOLUTION, "content": code}
@@ -221,6 +229,15 @@ def test_raw_demonstrations_are_two_valid_xml_calls_with_the_program_unescaped(s
     assert env.step(write)[4]["valid_turns"] == 1
     _, reward, _, _, info = env.step(submit)
     assert (reward, info["valid_turn_frac"], info["saved_blocks"]) == (1.0, 1.0, 0)
+
+
+def test_without_docstrings_keeps_the_code_and_drops_only_docstrings():
+    code = '"""Module."""\nimport math\ndef f(x):\n    """Doc."""\n    s = "not a docstring"\n    return s\n\nclass C:\n    """Only a docstring."""\n'
+    out = without_docstrings(code)
+    assert "Doc." not in out and "Module." not in out and "Only a docstring" not in out
+    namespace: dict = {}
+    exec(out, namespace)
+    assert namespace["f"](1) == "not a docstring" and isinstance(namespace["C"](), namespace["C"])
 
 
 def test_block_demonstrations_are_for_code_tools_only(tmp_path):

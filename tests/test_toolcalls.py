@@ -185,7 +185,11 @@ def test_a_raw_call_cut_or_malformed_is_an_error_never_a_partial_call():
     full = raw_tool_call_text("python", code=CODE)
     cut = parse_tool_calls(full[: full.index("return")], TOOLS)  # the token limit hit mid-program
     assert cut.calls == [] and "not closed by </function>" in cut.errors[0]
-    assert "token limit" in cut.errors[0] and "<function=NAME>" in cut.errors[0]
+    assert "token limit" in cut.errors[0]
+    # The hint is the call itself, with the schema's parameters: no placeholder name to copy.
+    assert (
+        "write <tool_call>\n<function=python>\n<parameter=code>\n...\n</parameter>" in cut.errors[0]
+    )
     unclosed = full.replace("</parameter>", "")
     assert "not closed by </parameter>" in parse_tool_calls(unclosed, TOOLS).errors[0]
     stray = full.replace("<function=python>", "<function=python>\nhello")
