@@ -11,8 +11,11 @@ The random tiny model never writes a 21-token tool call, so it first gets a *for
 of the replies call the tool and then answer with a random digit (not the secret) and the rest
 answer at once with a random digit. That policy calls the tool about 80% of the time and is at
 chance (0.1) either way. GRPO must then learn to read the tool's result (copy the digit it
-returned) and to keep calling: the test checks the reward rises from chance to >= ``TARGET``
-(0.5; see there) with the call rate at >= 0.8 there. With a 50% share the two branches raced: the prompt is the same for
+returned) and to keep calling: the test checks the sampled reward rises from chance to >=
+``TARGET`` (0.7) with the call rate at >= 0.8 there, and that the trained policy, decoding
+greedily, answers >= ``GREEDY_TARGET`` (0.9) of 100 fresh secrets. GRPO trains LoRA adapters on
+every linear layer: the tiny model's embedding is tied, and trained in full it let one digit's
+context collapse (see ``GREEDY_TARGET``). With a 50% share the two branches raced: the prompt is the same for
 every task, so each lucky direct guess reinforced answering at once, and GRPO drove the call rate
 to 0 within 5 steps before any copying was learned (measured, with the exact-match reward below).
 
@@ -49,15 +52,17 @@ CALL_SHARE = 0.8  # of the warm start's rows that call the tool (see the module 
 # The sampled reward's 3-step mean, reached at CI size (30 steps of 128 episodes); issue 11 asks
 # for 0.9, which this run does not reach. Measured with BETA: at most 0.73 by step 30, 0.84 by
 # step 45 (without the KL term: 0.59-0.74 from step 14 to step 38).
-TARGET = 0.5
-# The trained policy decoding greedily on 100 fresh secrets. Issue 11 asks for 0.9. Measured: 0.71
-# after 30 steps (and 45) without a KL term: the secrets whose copy the policy never sampled
-# collapsed onto a wrong digit, and their groups, all 0, carried no gradient. With a KL penalty to
-# the warm start (``algo.beta=0.1``; its answers after a call are uniform over the digits), those
-# digits keep being sampled: 0.82 after 30 steps and again after 45 (beta 0.3: 0.71, still
-# rising at step 30; groups of 16 over 8 tasks instead: 0.47). The warm start: 0.10.
-GREEDY_TARGET = 0.7
+TARGET = 0.7
+# The trained policy decoding greedily on 100 fresh secrets; issue 11 asks for 0.9. Measured:
+# 1.00 after 30 steps (0.86 at step 15). What it took (docs/design-notes.md): RL through LoRA
+# adapters on every linear layer, so the tied embedding stays frozen, and a warm start that is
+# really at chance (200 SFT steps at lr 3e-3). With full fine-tuning the digits' shared
+# input/output rows were pushed by every wrong answer and one digit's context collapsed: greedy
+# 0.71 (no KL), 0.82 and 0.81 (``algo.beta=0.1``, either warm start), 0.86 (beta 0.3, 60 steps).
+# The sampled reward's 3-step mean reached 0.84 by step 30 (0.93 at step 29). The warm start: 0.10.
+GREEDY_TARGET = 0.9
 BETA = 0.1
+LORA_ALL = "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
 CALL = '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'
 LOOKUP = {
     "type": "function",
@@ -126,12 +131,13 @@ def test_lookup_env_answer_only_through_the_tool():
 
 
 def format_warm_start(
-    out_dir, steps: int = 60, lr: float = 1e-2, call_share: float = CALL_SHARE
+    out_dir, steps: int = 200, lr: float = 3e-3, call_share: float = CALL_SHARE
 ) -> str:
     """SFT the tiny model on the episode *format*: ``call_share`` of the rows call the tool and
     answer after its result, the rest answer at once; every answer is a random digit. Token layout as the
     collector builds it with the bare template: prompt, completion + EOS, observation, completion
-    + EOS (loss on the completions only)."""
+    + EOS (loss on the completions only). 200 steps at lr 3e-3 leave every digit 0.03-0.24 after a
+    call; 60 steps at 1e-2 had left p("5") at 0.01-0.02 in every context."""
     random.seed(0)
     torch.manual_seed(0)
     model, tok = load_model("tiny", device="cpu")
@@ -185,7 +191,8 @@ def test_grpo_learns_to_use_a_tool(tmp_path):
         [
             "env=lookup-toy",
             f"model={warm}",
-            "lora.enabled=false",
+            "lora.enabled=true",
+            LORA_ALL,
             "model.device=cpu",
             "rollout.max_turns=2",
             "sampling.max_new_tokens=24",
@@ -217,19 +224,21 @@ def test_grpo_learns_to_use_a_tool(tmp_path):
     # The trained policy, decoding greedily on fresh secrets, answers through the tool at least
     # GREEDY_TARGET of the time (see there); the warm start, decoded the same way, is at chance.
     before = greedy_reward(warm, tmp_path / "eval-warm")
-    trained = list_checkpoints(tmp_path / "run")[-1] / "model"
-    after = greedy_reward(str(trained), tmp_path / "eval-trained")
+    trained = list_checkpoints(tmp_path / "run")[-1] / "adapter"
+    after = greedy_reward(warm, tmp_path / "eval-trained", adapter=str(trained))
     assert before["eval/pass@1"] < 0.3, f"warm start greedy {before}"
     assert after["eval/pass@1"] >= GREEDY_TARGET, f"trained greedy {after} (curve {curve})"
 
 
-def greedy_reward(model: str, out) -> dict[str, float]:
-    """One greedy episode on each of 100 held-out seeds (``ptgym eval``)."""
+def greedy_reward(model: str, out, adapter: str | None = None) -> dict[str, float]:
+    """One greedy episode on each of 100 held-out seeds (``ptgym eval``), with ``adapter`` (a
+    checkpoint's LoRA adapter) on ``model`` when given."""
     cfg = compose(
         EvalCommand,
         [
             "env=lookup-toy",
             f"model={model}",
+            *([f"model.adapter={adapter}"] if adapter else []),
             "model.device=cpu",
             "tasks=100",
             "k=1",
