@@ -134,10 +134,9 @@ def _raw_hint(name: str, schemas: dict[str, dict[str, Any]] | None) -> str:
     schema = (schemas or {}).get(name)
     if schema is None:
         return "write <tool_call>\n<function=TOOL>\n<parameter=ARG>\nvalue\n</parameter>\n</function>\n</tool_call>"
-    params = "".join(
-        f"<parameter={p}>\n...\n</parameter>\n" for p in schema.get("properties") or {}
+    return "write " + raw_tool_call_text(
+        name, **dict.fromkeys(schema.get("properties") or {}, "...")
     )
-    return f"write {raw_tool_call_text(name).replace('</function>', params + '</function>')}"
 
 
 def _raw_call(
@@ -146,8 +145,8 @@ def _raw_call(
     """A ``<function=NAME>`` body -> ``({"name", "arguments"}, None)`` or ``(None, error)``.
 
     Values are strings unless ``schemas`` types the parameter otherwise; then they are JSON."""
-    head = _FUNCTION_OPEN.match(body)
-    name = head.group(1).strip() if head else ""
+    head = _FUNCTION_OPEN.match(body)  # the caller checked that it matches
+    name = head.group(1).strip()
     hint = _raw_hint(name, schemas)
     end = body.rfind("</function>")
     if end < head.end():

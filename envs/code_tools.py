@@ -103,7 +103,12 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from ptgym.agents.toolcalls import format_errors, format_tool_result, parse_tool_calls
+from ptgym.agents.toolcalls import (
+    format_errors,
+    format_tool_result,
+    parse_tool_calls,
+    raw_tool_call_text,
+)
 from ptgym.env import TextEnv, action_text
 from ptgym.envs.humaneval_tasks import VISIBLE_RUNNER, Task, grade, load_tasks
 from ptgym.envs.practice_tasks import load_practice_tasks
@@ -153,18 +158,12 @@ SYSTEM_PROMPT = """You solve Python programming tasks in a sandbox with these to
 {tools}
 Call a tool by writing <tool_call>{{"name": "<tool>", "arguments": {{...}}}}</tool_call>, or, to \
 pass code or a file's content without escaping it:
-<tool_call>
-<function=write_file>
-<parameter=path>
-solution.py
-</parameter>
-<parameter=content>
-the whole file, as it is
-</parameter>
-</function>
-</tool_call>
+{raw_example}
 Results come back as tool messages. Put the complete implementation in solution.py (write_file), check it \
 with run_tests or run_python, then call submit. Only submit ends the task."""
+_RAW_EXAMPLE = raw_tool_call_text(
+    "write_file", path="solution.py", content="the whole file, as it is"
+)
 TASK_PROMPT = """Implement `{entry}` so that it does what its docstring says. solution.py \
 currently holds:
 ```python
@@ -330,7 +329,8 @@ class CodeToolsEnv(TextEnv):
         obs = [
             {
                 "role": "system",
-                "content": SYSTEM_PROMPT.format(tools=tools) + (FEW_SHOT if self.few_shot else ""),
+                "content": SYSTEM_PROMPT.format(tools=tools, raw_example=_RAW_EXAMPLE)
+                + (FEW_SHOT if self.few_shot else ""),
             },
             {
                 "role": "user",
