@@ -428,6 +428,30 @@ def test_a_forked_python_call_behaves_like_a_fresh_interpreter(sandbox_pool):
 
 
 @pytest.mark.docker
+def test_a_call_that_stops_the_fork_server_and_exits_at_once_keeps_its_exit_code(sandbox_pool):
+    """The race CI once hit: the fork server, woken by the agent's SIGSTOP, reaps the call that
+    just exited and only then stops, before it reports. Pinned to the call's CPU at idle
+    priority it runs only after the call is gone, so the race happens nearly every time (8 of 10
+    with the old reap-then-report order, the exit code lost as -9 after a 5 s wait); the fork
+    server now reports the exit code before it reaps."""
+    code = """
+        import os, signal
+        parent = os.getppid()
+        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(parent, {0})
+        os.sched_setscheduler(parent, os.SCHED_IDLE, os.sched_param(0))
+        os.kill(parent, signal.SIGSTOP)
+        print("stopped", flush=True)
+        os._exit(3)
+        """
+    with sandbox_pool.lease() as sb:
+        for _ in range(4):
+            r = py(sb, code)
+            assert (r.exit_code, r.stdout, r.stderr) == (3, "stopped\n", "")
+        assert py(sb, "print('next')").stdout == "next\n"
+
+
+@pytest.mark.docker
 def test_the_agent_cannot_reach_into_kill_or_stall_the_fork_server(sandbox_pool):
     with sandbox_pool.lease() as sb:
         r = py(

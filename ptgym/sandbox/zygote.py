@@ -10,7 +10,7 @@ sends a request (code, argv, env, file-size limit) and the three stdio fds of th
 Unix socket (``SCM_RIGHTS``); this process forks; the child becomes the call's process (new
 session, the fds on 0/1/2, cwd /work, the env, ``sys.argv``, a fresh ``__main__``, a reseeded
 ``random``) and runs the code as ``python3 -`` or ``python3 -c`` would; this process reports the
-child's pid, reaps it and reports its exit code. It never runs agent code itself, and it is
+child's pid, then its exit code, then reaps it. It never runs agent code itself, and it is
 non-dumpable, so same-uid agent code can neither ptrace it nor open its ``/proc/<pid>/fd`` or
 ``/mem``. Agent code can kill or stop it (same uid): the exec server notices and starts another
 one, and the reset after the lease replaces it anyway.
@@ -94,8 +94,17 @@ def serve():
         for fd in fds:
             os.close(fd)
         sock.sendall(REPLY.pack(b"p", pid))
-        _, status = os.waitpid(pid, 0)
-        sock.sendall(REPLY.pack(b"x", os.waitstatus_to_exitcode(status)))
+        # Report the exit code before reaping: agent code may stop this process at any moment,
+        # and a child reaped here but never reported would be lost to the exec server, which
+        # otherwise waits for it as an orphan once it has killed a silent fork server.
+        ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        sock.sendall(REPLY.pack(b"x", exit_code(ended)))
+        os.waitpid(pid, 0)
+
+
+def exit_code(info):
+    """A ``waitid`` result as ``Popen.returncode`` has it (negative: killed by that signal)."""
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 def become_the_call(req, fds):
