@@ -36,9 +36,12 @@ workspace carried between calls keeps at most ``MAX_WORKSPACE_FILES`` files of a
 ``os.fsdecode`` gives them and shown with ``\\xff`` escapes). Every tool result is cut to
 ``max_result_chars`` with a note saying how much was cut.
 
-A reply without a tool call gets a reminder of the protocol; if it contains a fenced
-```` ```python ```` block, the last such block is written to ``solution.py`` first (small models
-often answer that way) and the reminder says so. Malformed calls get the parser's error message.
+A reply's last fenced ```` ```python ```` block outside its tool calls is written to
+``solution.py`` before the reply's calls run, so a reply can carry the program as a block and call
+``run_tests`` or ``submit`` on it (small models write code as blocks far more reliably than as a
+JSON-escaped argument; the system prompt says so). A reply without a tool call gets a reminder of
+the protocol, which says whether its block was saved. Malformed calls get the parser's error
+message.
 
 ## Action space
 
@@ -84,13 +87,15 @@ the number of practice tasks);
 otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``tools``,
 ``task_id``, ``entry_point``; after each step ``turn``, ``tool_calls``, ``valid_turns`` (replies so
 far with at least one call and no malformed one), ``valid_turn_frac``, ``saved_blocks``
-(replies without a call whose fenced python block was saved as solution.py) and
+(replies whose fenced python block was saved as solution.py, with or without calls) and
 ``submitted``; after ``submit`` ``tests`` (per test ``name``/``passed``/``error``), ``passed``, ``total``.
 
 ## Version history
 
 - v0: initial version. The system prompt now also shows the XML call form with raw values
-  (December 2026; the JSON form is unchanged).
+  (December 2026; the JSON form is unchanged). A reply's python block is now saved also when
+  the reply calls tools (before the calls run; before, only replies without a call were), and
+  the system prompt says so (December 2026).
 """
 
 from __future__ import annotations
@@ -159,8 +164,9 @@ SYSTEM_PROMPT = """You solve Python programming tasks in a sandbox with these to
 Call a tool by writing <tool_call>{{"name": "<tool>", "arguments": {{...}}}}</tool_call>, or, to \
 pass code or a file's content without escaping it:
 {raw_example}
-Results come back as tool messages. Put the complete implementation in solution.py (write_file), check it \
-with run_tests or run_python, then call submit. Only submit ends the task."""
+A ```python block in your reply is saved as solution.py before the reply's tool calls run.
+Results come back as tool messages. Put the complete implementation in solution.py (write_file, or \
+a python block), check it with run_tests or run_python, then call submit. Only submit ends the task."""
 _RAW_EXAMPLE = raw_tool_call_text(
     "write_file", path="solution.py", content="the whole file, as it is"
 )
@@ -186,6 +192,15 @@ FEW_SHOT = "\n\nExample (a toy task, not yours):\nuser: Implement `double` ...\n
     + tool_call_text("submit")
 )
 _PY_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_CALL_SPAN = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.DOTALL)
+
+
+def python_block(text: str) -> str | None:
+    """The reply's last fenced python block outside its tool calls (one inside a call's code or
+    content belongs to that call), or None."""
+    blocks = _PY_BLOCK.findall(_CALL_SPAN.sub("", text))
+    return blocks[-1] if blocks else None
+
 
 _SHARED: dict[str, SandboxPool] = {}
 _SHARED_LOCK = threading.Lock()
@@ -359,11 +374,16 @@ class CodeToolsEnv(TextEnv):
         info: dict[str, Any] = {"task_id": self.task.task_id}
         obs: list[dict[str, Any]] = []
         reward, terminated = 0.0, False
+        block = python_block(text)
+        if block is not None:
+            self.files[SOLUTION] = block.encode()
+            self.saved_blocks += 1
         try:
             if parsed.errors:
                 obs.append(format_errors([cap(e, self.max_result_chars) for e in parsed.errors]))
             if not parsed.calls and not parsed.errors:
-                obs.append({"role": "user", "content": self._no_call(text)})
+                saved = f"Your last ```python block was saved as {SOLUTION}. " if block else ""
+                obs.append({"role": "user", "content": saved + REMINDER})
             for call in parsed.calls:
                 self.tool_calls += 1
                 reward -= self.tool_call_penalty
@@ -409,14 +429,6 @@ class CodeToolsEnv(TextEnv):
 
     def _solution(self) -> str:
         return self.files.get(SOLUTION, b"").decode("utf-8", errors="replace")
-
-    def _no_call(self, text: str) -> str:
-        blocks = _PY_BLOCK.findall(text)
-        if not blocks:
-            return REMINDER
-        self.files[SOLUTION] = blocks[-1].encode()
-        self.saved_blocks += 1
-        return f"Your last ```python block was saved as {SOLUTION}. {REMINDER}"
 
     def _tool(self, call: ToolCall) -> str:
         """Run one non-submit tool; agent mistakes come back as text, SandboxError propagates."""

@@ -54,8 +54,10 @@ class DemosCommand:
         "call (the program JSON-escaped in its arguments), block = a fenced ```python block, which "
         "the env saves as solution.py (no escaping), then the same submit call; raw = the "
         "write_file call in the XML form whose values are raw text (the program unescaped, "
-        "without docstrings), then the same submit call",
-        choices=("call", "block", "raw"),
+        "without docstrings), then the same submit call; block-submit = one reply: the program "
+        "without docstrings in a python block and the submit call after it (every reply a "
+        "valid tool call, no escaping)",
+        choices=("call", "block", "raw", "block-submit"),
     )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
@@ -158,7 +160,10 @@ def code_tools_demos(
     program; the second reply is the same ``submit`` call. ``write="raw"``: the ``write_file``
     call is in the XML form (``raw_tool_call_text``), the program unescaped and without its
     docstrings (``without_docstrings``: the 135M model, copying HumanEval's long docstrings, looped
-    until its token limit), then the same JSON ``submit`` call: every reply a valid tool call."""
+    until its token limit), then the same JSON ``submit`` call: every reply a valid tool call.
+    ``write="block-submit"``: a single reply, the program without docstrings in a fenced block
+    (saved by the env before the reply's calls run) followed by the ``submit`` call: a valid tool
+    call in every reply, and no program ever escaped."""
     from ptgym.agents.toolcalls import raw_tool_call_text
     from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
 
@@ -176,6 +181,10 @@ def code_tools_demos(
     def play(i: int) -> dict[str, Any] | None:
         _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
         code = env.task.prompt + env.task.canonical_solution
+        if write == "block-submit":
+            reply = f"```python\n{without_docstrings(code)}```\n{tool_call_text('submit')}"
+            final = env.step(reply)[4]
+            return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
         if write == "block":
             reply = f"```python\n{code}```"
         elif write == "raw":
@@ -187,11 +196,14 @@ def code_tools_demos(
         _, _, _, truncated, step_info = env.step(reply)
         if truncated or "error" in step_info:
             return None
-        _, _, terminated, _, final = env.step(tool_call_text("submit"))
+        final = env.step(tool_call_text("submit"))[4]
+        return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
+
+    def solved(final: dict[str, Any]) -> bool:
         # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
-        if not (terminated and final.get("total") and final["passed"] == final["total"]):
-            return None
-        return _row(env, info, final["passed"] / final["total"])
+        return bool(final.get("submitted") and final.get("total")) and (
+            final["passed"] == final["total"]
+        )
 
     return _collect(n, play)
 

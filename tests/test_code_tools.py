@@ -175,6 +175,30 @@ def test_reward_is_the_fraction_of_hidden_asserts_passed(sandbox_pool):
 
 
 @pytest.mark.docker
+def test_a_block_and_a_call_in_one_reply_save_the_block_before_the_call_runs(sandbox_pool):
+    """``block + submit`` in one reply grades the block (one valid tool call, one saved block);
+    a python block inside a call's arguments belongs to the call and is not saved; a
+    ``write_file`` in the same reply runs after the block was saved, so the call wins."""
+    env = CodeToolsEnv(pool=sandbox_pool)
+    env.reset(options={"task_id": CLOSE.task_id})
+    inner = call("run_python", code="print('```python\\nx = 1\\n```')")
+    obs, *_, info = env.step(inner)
+    assert env.files["solution.py"] == CLOSE.prompt.encode() and info["saved_blocks"] == 0
+    assert "```python" in obs[0]["content"]  # the call ran and printed the fence
+    obs, *_, info = env.step(
+        f"```python\n{canonical(CLOSE)}```\n"
+        + call("write_file", path="solution.py", content=ALWAYS_FALSE)
+    )
+    assert env.files["solution.py"] == ALWAYS_FALSE.encode() and info["saved_blocks"] == 1
+    obs, reward, terminated, _, info = env.step(
+        f"Done.\n```python\n{canonical(CLOSE)}```\n{call('submit')}"
+    )
+    assert (reward, terminated, info["passed"], info["total"]) == (1.0, True, 7, 7)
+    assert (info["saved_blocks"], info["valid_turns"], info["turn"]) == (2, 3, 3)
+    assert obs[0]["role"] == "tool" and obs[0]["content"] == "submitted: 7/7 hidden tests passed"
+
+
+@pytest.mark.docker
 def test_run_python_sees_the_workspace_and_keeps_files_it_writes(sandbox_pool):
     env = CodeToolsEnv(pool=sandbox_pool, timeout_s=1.0)
     env.reset(options={"task_id": CLOSE.task_id})

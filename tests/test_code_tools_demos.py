@@ -5,6 +5,7 @@ HumanEval, the benchmark the env is scored on."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -201,6 +202,38 @@ def test_block_demonstrations_save_a_python_block_then_submit_and_score_1(sandbo
     info = env.step(f"```python\n{env.task.prompt}    return None\n```")[4]
     assert (info["saved_blocks"], info["valid_turns"], info["tool_calls"]) == (1, 0, 0)
     assert env.step("no code, no call")[4]["saved_blocks"] == 1
+
+
+@pytest.mark.docker
+def test_block_submit_demonstrations_are_one_reply_a_block_then_a_valid_submit(sandbox_pool):
+    """``write=block-submit``: one reply, the program without docstrings in a fenced block and
+    the submit call after it; the env saves the block first, so the submit grades it and scores
+    1, and the one reply is a valid tool call."""
+    env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
+    rows, failed = code_tools_demos(3, seed=7, env=env, write="block-submit")
+    assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 3
+    by_id = {t.task_id: t for t in PRACTICE}
+    for row in rows:
+        task, messages = by_id[row["task_id"]], row["messages"]
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
+        code = without_docstrings(task.prompt + task.canonical_solution)
+        assert '"""' in task.prompt and '"""' not in code
+        assert messages[2]["content"].startswith(f"```python\n{code}```\n")
+        parsed = parse_tool_calls(messages[2]["content"], TOOLS)
+        assert [c.name for c in parsed.calls] == ["submit"] and not parsed.errors
+        assert re.fullmatch(r"submitted: (\d+)/\1 hidden tests passed", messages[3]["content"])
+    env.reset(seed=0, options={"task_id": rows[0]["task_id"]})
+    _, reward, terminated, _, info = env.step(rows[0]["messages"][2]["content"])
+    assert (reward, terminated, info["valid_turn_frac"], info["saved_blocks"]) == (
+        1.0,
+        True,
+        1.0,
+        1,
+    )
+    # A wrong program in the same form is graded as written, not as the reference.
+    wrong = f"```python\ndef {env.task.entry_point}(*args):\n    return None\n```\n"
+    env.reset(seed=0, options={"task_id": rows[0]["task_id"]})
+    assert env.step(wrong + tool_call_text("submit"))[1] < 1.0
 
 
 @pytest.mark.docker
