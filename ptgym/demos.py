@@ -59,6 +59,12 @@ class DemosCommand:
         "valid tool call, no escaping)",
         choices=("call", "block", "raw", "block-submit"),
     )
+    recover: float = opt(
+        0.0,
+        "write=block-submit: the share (0-1) of demonstrations that recover from a bad first "
+        "reply (the block with a malformed submit call, or with none) after the env's real "
+        "error: they train on the second reply only, a valid submit",
+    )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
 
@@ -151,6 +157,7 @@ def code_tools_demos(
     split: str = "train",
     env: Any = None,
     write: str = "call",
+    recover: float = 0.0,
     **kwargs: Any,
 ) -> tuple[list[dict[str, Any]], int]:
     """``(rows, failed)`` as ``math_tools_demos``, for CodeTools on its practice tasks: episode
@@ -167,6 +174,10 @@ def code_tools_demos(
     from ptgym.agents.toolcalls import raw_tool_call_text
     from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
 
+    if not 0.0 <= recover <= 1.0:
+        raise ValueError(f"recover={recover} is a share of the demonstrations: give 0 to 1")
+    if recover and write != "block-submit":
+        raise ValueError(f"recover= is for write=block-submit demonstrations, not write={write}")
     if split != "train":
         raise ValueError(
             f"code-tools demonstrations come from the practice tasks, which have no {split!r} "
@@ -182,8 +193,11 @@ def code_tools_demos(
         _, info = env.reset(seed=seed + i, options={"index": (seed + i) % env.num_tasks})
         code = env.task.prompt + env.task.canonical_solution
         if write == "block-submit":
-            reply = f"```python\n{without_docstrings(code)}```\n{tool_call_text('submit')}"
-            final = env.step(reply)[4]
+            block = f"```python\n{without_docstrings(code)}```\n"
+            done = int(i * recover)  # recoveries before this episode: a share spread evenly
+            if int((i + 1) * recover) > done:
+                return recovery(info, block, BAD_SUBMITS[done % len(BAD_SUBMITS)])
+            final = env.step(block + tool_call_text("submit"))[4]
             return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
         if write == "block":
             reply = f"```python\n{code}```"
@@ -199,6 +213,22 @@ def code_tools_demos(
         final = env.step(tool_call_text("submit"))[4]
         return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
 
+    def recovery(info: dict[str, Any], block: str, bad: str) -> dict[str, Any] | None:
+        obs, _, terminated, truncated, first = env.step(block + bad)
+        if terminated or truncated or first["valid_turns"] or not obs:
+            return None  # the bad reply must be answered as a mistake, and leave a turn
+        final = env.step(tool_call_text("submit"))[4]
+        if not solved(final):
+            return None
+        messages = _with_tools(env.messages, info["tools"])
+        k = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+        return {
+            "prompt": messages[:k],
+            "completion": messages[k:],
+            "task_id": info["task_id"],
+            "reward": final["passed"] / final["total"],
+        }
+
     def solved(final: dict[str, Any]) -> bool:
         # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
         return bool(final.get("submitted") and final.get("total")) and (
@@ -207,6 +237,15 @@ def code_tools_demos(
 
     return _collect(n, play)
 
+
+# The bad submits that recovery demonstrations correct: JSON cut before its closing brace, a made-up
+# tool name, prose inside the call tags (the 135M policy looped on that one), and no call at all.
+BAD_SUBMITS = (
+    '<tool_call>\n{"name": "submit", "arguments": {}\n</tool_call>',
+    '<tool_call>\n{"name": "submission", "arguments": {}}\n</tool_call>',
+    "<tool_call>\nsubmission submitted\n</tool_call>",
+    "",
+)
 
 ENVS = {"math-tools": math_tools_demos, "code-tools": code_tools_demos}  # env -> generator
 
@@ -218,10 +257,11 @@ def write_demos(env_name: str, cfg: DemosCommand, log: Any = print) -> Path:
             f"no demonstration generator for env {env_name!r}; available: {', '.join(ENVS)}"
         )
     extra: dict[str, Any] = {}
-    if cfg.write != "call":
+    if cfg.write != "call" or cfg.recover:
         if env_name != "code-tools":
-            raise ValueError(f"write={cfg.write} is for code-tools demonstrations, not {env_name}")
-        extra["write"] = cfg.write
+            what = f"write={cfg.write}" if cfg.write != "call" else "recover="
+            raise ValueError(f"{what} is for code-tools demonstrations, not {env_name}")
+        extra.update(write=cfg.write, recover=cfg.recover)
     rows, failed = ENVS[env_name](cfg.n, seed=cfg.seed, split=cfg.split, **extra, **cfg.kwargs)
     path = Path(cfg.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.toolcalls import parse_tool_calls
 from ptgym.demos import (
+    BAD_SUBMITS,
     DemosCommand,
     _with_tools,
     code_tools_demos,
@@ -23,8 +25,10 @@ from ptgym.demos import (
 from ptgym.envs.code_tools import SOLUTION, TOOLS, CodeToolsEnv, tool_call_text
 from ptgym.envs.humaneval_tasks import load_tasks
 from ptgym.envs.practice_tasks import load_practice_tasks
+from ptgym.prefdata import encode_messages
 from ptgym.sft import read_conversations
 from tests.sandbox_fixtures import fixture_sandbox_image, fixture_sandbox_pool  # noqa: F401
+from tests.tiny import tiny_tokenizer
 
 PRACTICE = load_practice_tasks()
 
@@ -234,6 +238,49 @@ def test_block_submit_demonstrations_are_one_reply_a_block_then_a_valid_submit(s
     wrong = f"```python\ndef {env.task.entry_point}(*args):\n    return None\n```\n"
     env.reset(seed=0, options={"task_id": rows[0]["task_id"]})
     assert env.step(wrong + tool_call_text("submit"))[1] < 1.0
+
+
+@pytest.mark.docker
+def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_answer(
+    sandbox_pool, tmp_path
+):
+    """``recover=0.5``: every other block-submit demonstration is a recovery. Its first reply (the
+    block with a bad submit, in the prompt) gets the env's real answer and leaves the episode open;
+    its second reply, the only trained one, is a valid submit that scores 1."""
+    env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
+    rows, failed = code_tools_demos(8, seed=3, env=env, write="block-submit", recover=0.5)
+    assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 8
+    assert [i for i, r in enumerate(rows) if "prompt" in r] == [1, 3, 5, 7]
+    assert all("messages" in r for r in rows[::2])
+    recoveries = rows[1::2]
+    assert [r["prompt"][2]["content"].split("```\n", 1)[1] for r in recoveries] == list(BAD_SUBMITS)
+    for row in recoveries:
+        prompt, completion = row["prompt"], row["completion"]
+        assert [m["role"] for m in prompt[:3]] == ["system", "user", "assistant"]
+        bad = parse_tool_calls(prompt[2]["content"], TOOLS)
+        assert not bad.calls
+        if bad.errors:  # a malformed call: the parser's errors, as the policy would see them
+            assert (prompt[3]["role"], prompt[3]["content"]) == ("tool", "\n".join(bad.errors))
+        else:  # no call: the env's reminder, which says the block was saved
+            assert prompt[3]["content"].startswith(
+                f"Your last ```python block was saved as {SOLUTION}"
+            )
+        assert len(prompt) == 4 and [m["role"] for m in completion] == ["assistant", "tool"]
+        assert completion[0]["content"] == tool_call_text("submit")
+        assert re.fullmatch(r"submitted: (\d+)/\1 hidden tests passed", completion[1]["content"])
+    # ptgym sft reads a recovery as prompt + completion and trains on the submit alone.
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps(recoveries[0]) + "\n")
+    ((messages, train_from),) = read_conversations(str(path))
+    assert train_from == 4 and messages[4]["content"] == tool_call_text("submit")
+    tok = tiny_tokenizer()
+    encoded = encode_messages(ChatRenderer(tok), messages, train_from=train_from)
+    trained = tok.decode([t for t, m in zip(encoded.ids, encoded.mask, strict=True) if m])
+    assert tool_call_text("submit") in trained and "```python" not in trained
+    with pytest.raises(ValueError, match="recover= is for write=block-submit"):
+        code_tools_demos(1, env=env, write="block", recover=0.5)
+    with pytest.raises(ValueError, match="recover=2.0 is a share"):
+        code_tools_demos(1, env=env, write="block-submit", recover=2.0)
 
 
 @pytest.mark.docker
