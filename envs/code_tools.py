@@ -88,14 +88,18 @@ otherwise the task is drawn from ``np_random``, so a seed fixes it. ``info``: ``
 ``task_id``, ``entry_point``; after each step ``turn``, ``tool_calls``, ``valid_turns`` (replies so
 far with at least one call and no malformed one), ``valid_turn_frac``, ``saved_blocks``
 (replies whose fenced python block was saved as solution.py, with or without calls) and
-``submitted``; after ``submit`` ``tests`` (per test ``name``/``passed``/``error``), ``passed``, ``total``.
+``submitted``; after ``submit`` ``tests`` (per test ``name``/``passed``/``error``), ``passed`` (how
+many), ``total`` and ``correct`` (every hidden test passed: what pass@k and ``reward/pass_rate``
+count).
 
 ## Version history
 
 - v0: initial version. The system prompt now also shows the XML call form with raw values
   (December 2026; the JSON form is unchanged). A reply's python block is now saved also when
   the reply calls tools (before the calls run; before, only replies without a call were), and
-  the system prompt says so (December 2026).
+  the system prompt says so (December 2026). ``info["correct"]`` added on submit: pass@k had
+  read the count ``passed`` as a verdict, so a submission passing any hidden test counted as
+  solved (December 2026).
 """
 
 from __future__ import annotations
@@ -397,7 +401,12 @@ class CodeToolsEnv(TextEnv):
                     )
                     reward += g.fraction
                     terminated = True
-                    info.update(tests=g.tests, passed=g.passed, total=len(g.tests))
+                    info.update(
+                        tests=g.tests,
+                        passed=g.passed,
+                        total=len(g.tests),
+                        correct=0 < g.passed == len(g.tests),
+                    )
                     if g.note:
                         info["grade_note"] = g.note
                     obs.append(

@@ -106,10 +106,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def passed(t: Trajectory) -> bool:
-    """Solved: the env's own verdict (``info["correct"]``/``["passed"]``) or a full reward."""
-    for key in ("correct", "passed"):
-        if key in t.metrics:
-            return bool(t.metrics[key])
+    """Solved: the env's own verdict (``info["correct"]``, or ``info["passed"]`` when it is a
+    bool) or a full reward. A numeric ``passed`` is a count (code-tools: hidden tests passed,
+    beside ``correct``), never a verdict."""
+    if "correct" in t.metrics:
+        return bool(t.metrics["correct"])
+    if isinstance(t.metrics.get("passed"), bool):
+        return t.metrics["passed"]
     return t.reward >= 1.0
 
 

@@ -162,7 +162,7 @@ def test_canonical_solution_passes_visible_and_hidden_tests(sandbox_pool):
     ret, info, obs = episode(sandbox_pool, CLOSE, canonical(CLOSE))
     assert obs[1]["content"].endswith("2/2 visible examples passed\n")
     assert obs[2]["content"] == "submitted: 7/7 hidden tests passed"
-    assert (ret, info["passed"], info["total"]) == (1.0, 7, 7)
+    assert (ret, info["passed"], info["total"], info["correct"]) == (1.0, 7, 7, True)
     assert (info["valid_turn_frac"], info["submitted"]) == (1.0, True)
 
 
@@ -170,6 +170,7 @@ def test_canonical_solution_passes_visible_and_hidden_tests(sandbox_pool):
 def test_reward_is_the_fraction_of_hidden_asserts_passed(sandbox_pool):
     ret, info, _ = episode(sandbox_pool, CLOSE, ALWAYS_FALSE)
     assert ret == pytest.approx(3 / 7)
+    assert (info["passed"], info["total"], info["correct"]) == (3, 7, False)
     assert [t["passed"] for t in info["tests"]] == [False, True, False, True, False, False, True]
     assert info["tests"][0] == {"name": "line 1", "passed": False, "error": "assertion failed"}
 

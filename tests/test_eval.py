@@ -80,6 +80,25 @@ def test_score_uses_the_env_verdict_then_full_reward_and_caps_k_at_the_smallest_
     assert out["eval/pass@3"] == pytest.approx((1.0 + (1 - math.comb(4, 3) / math.comb(5, 3))) / 2)
 
 
+def test_a_count_of_tests_passed_is_not_a_verdict():
+    """code-tools' ``passed`` counts hidden tests; its ``correct`` is the verdict. A submission
+    passing 2 of 12 tests is not solved (pass@1 had counted it), nor is a partial score without
+    ``correct``; a boolean ``passed`` is a verdict."""
+
+    def code(passed: int, total: int, correct: bool | None = None) -> Trajectory:
+        t = Trajectory(env_id="code-tools", group_id="a", reward=passed / total)
+        t.metrics.update(passed=passed, total=total)
+        if correct is not None:
+            t.metrics["correct"] = correct
+        return t
+
+    trajs = [code(2, 12, False), code(12, 12, True), code(3, 4), code(4, 4)]
+    assert score(trajs, k=1)["eval/pass@1"] == pytest.approx(2 / 4)
+    verdict = Trajectory(env_id="x", group_id="b", reward=0.0)
+    verdict.metrics["passed"] = True
+    assert score([verdict], k=1)["eval/pass@1"] == 1.0
+
+
 def test_score_of_only_errored_trajectories_reports_the_error_fraction():
     assert score([traj("a", None, error="x")], k=1) == {"rollout/error_frac": 1.0}
 
