@@ -230,10 +230,9 @@ def code_tools_demos(
         }
 
     def solved(final: dict[str, Any]) -> bool:
-        # The score, not the return: a tool_call_penalty in kwargs does not make a demo unsolved.
-        return bool(final.get("submitted") and final.get("total")) and (
-            final["passed"] == final["total"]
-        )
+        # The env's verdict (every hidden test passed), not the return: a tool_call_penalty in
+        # kwargs does not make a demo unsolved.
+        return bool(final.get("correct"))
 
     return _collect(n, play)
 
