@@ -62,8 +62,9 @@ class DemosCommand:
     recover: float = opt(
         0.0,
         "write=block-submit: the share (0-1) of demonstrations that recover from a bad first "
-        "reply (the block with a malformed submit call, or with none) after the env's real "
-        "error: they train on the second reply only, a valid submit",
+        "reply (the block with a malformed submit call, or with none; every other round the "
+        "bad call repeated in a second reply) after the env's real errors: they train on the "
+        "last reply only, a valid submit",
     )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
@@ -170,7 +171,10 @@ def code_tools_demos(
     until its token limit), then the same JSON ``submit`` call: every reply a valid tool call.
     ``write="block-submit"``: a single reply, the program without docstrings in a fenced block
     (saved by the env before the reply's calls run) followed by the ``submit`` call: a valid tool
-    call in every reply, and no program ever escaped."""
+    call in every reply, and no program ever escaped. ``recover``: that share of block-submit
+    episodes are recoveries, one of ``BAD_SUBMITS`` after the block (alternate rounds of the
+    kinds send it again in a second reply, as the policy loops on its own malformations), the
+    env's real answers, then the valid submit: a prompt/completion row, trained on the submit."""
     from ptgym.agents.toolcalls import raw_tool_call_text
     from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
 
@@ -196,7 +200,11 @@ def code_tools_demos(
             block = f"```python\n{without_docstrings(code)}```\n"
             done = int(i * recover)  # recoveries before this episode: a share spread evenly
             if int((i + 1) * recover) > done:
-                return recovery(info, block, BAD_SUBMITS[done % len(BAD_SUBMITS)])
+                bad = BAD_SUBMITS[done % len(BAD_SUBMITS)]
+                # Every other round of the kinds, the bad call is repeated once more before the
+                # recovery: the policy's failures loop on their own malformation.
+                repeats = 1 + (done // len(BAD_SUBMITS)) % 2 if bad else 1
+                return recovery(info, block, bad, repeats)
             final = env.step(block + tool_call_text("submit"))[4]
             return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
         if write == "block":
@@ -213,10 +221,11 @@ def code_tools_demos(
         final = env.step(tool_call_text("submit"))[4]
         return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
 
-    def recovery(info: dict[str, Any], block: str, bad: str) -> dict[str, Any] | None:
-        obs, _, terminated, truncated, first = env.step(block + bad)
-        if terminated or truncated or first["valid_turns"] or not obs:
-            return None  # the bad reply must be answered as a mistake, and leave a turn
+    def recovery(info: dict[str, Any], block: str, bad: str, repeats: int) -> dict[str, Any] | None:
+        for reply in [block + bad] + [bad] * (repeats - 1):
+            obs, _, terminated, truncated, step_info = env.step(reply)
+            if terminated or truncated or step_info["valid_turns"] or not obs:
+                return None  # each bad reply must be answered as a mistake, and leave a turn
         final = env.step(tool_call_text("submit"))[4]
         if not solved(final):
             return None
@@ -244,6 +253,9 @@ BAD_SUBMITS = (
     '<tool_call>\n{"name": "submission", "arguments": {}}\n</tool_call>',
     "<tool_call>\nsubmission submitted\n</tool_call>",
     "",
+    # The warm 135M model's own loop (measured, issue 11): an empty call, as it writes it.
+    "<tool_call>{}</tool_call>",
+    "<tool_call>\n{}\n</tool_call>",
 )
 
 ENVS = {"math-tools": math_tools_demos, "code-tools": code_tools_demos}  # env -> generator

@@ -244,28 +244,37 @@ def test_block_submit_demonstrations_are_one_reply_a_block_then_a_valid_submit(s
 def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_answer(
     sandbox_pool, tmp_path
 ):
-    """``recover=0.5``: every other block-submit demonstration is a recovery. Its first reply (the
-    block with a bad submit, in the prompt) gets the env's real answer and leaves the episode open;
-    its second reply, the only trained one, is a valid submit that scores 1."""
+    """``recover=0.5``: every other block-submit demonstration is a recovery. Its bad replies (the
+    block with a bad submit; in the second round of the kinds the bad call again, alone), in the
+    prompt, get the env's real answers and leave the episode open; its last reply, the only
+    trained one, is a valid submit that scores 1."""
     env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
-    rows, failed = code_tools_demos(8, seed=3, env=env, write="block-submit", recover=0.5)
-    assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 8
-    assert [i for i, r in enumerate(rows) if "prompt" in r] == [1, 3, 5, 7]
+    kinds = len(BAD_SUBMITS)
+    rows, failed = code_tools_demos(4 * kinds, seed=3, env=env, write="block-submit", recover=0.5)
+    assert failed == 0 and [r["reward"] for r in rows] == [1.0] * 4 * kinds
+    assert [i for i, r in enumerate(rows) if "prompt" in r] == list(range(1, 4 * kinds, 2))
     assert all("messages" in r for r in rows[::2])
     recoveries = rows[1::2]
-    assert [r["prompt"][2]["content"].split("```\n", 1)[1] for r in recoveries] == list(BAD_SUBMITS)
-    for row in recoveries:
+    firsts = [r["prompt"][2]["content"].split("```\n", 1)[1] for r in recoveries]
+    assert firsts == list(BAD_SUBMITS) * 2
+    for k, row in enumerate(recoveries):
         prompt, completion = row["prompt"], row["completion"]
-        assert [m["role"] for m in prompt[:3]] == ["system", "user", "assistant"]
-        bad = parse_tool_calls(prompt[2]["content"], TOOLS)
-        assert not bad.calls
-        if bad.errors:  # a malformed call: the parser's errors, as the policy would see them
-            assert (prompt[3]["role"], prompt[3]["content"]) == ("tool", "\n".join(bad.errors))
-        else:  # no call: the env's reminder, which says the block was saved
-            assert prompt[3]["content"].startswith(
-                f"Your last ```python block was saved as {SOLUTION}"
-            )
-        assert len(prompt) == 4 and [m["role"] for m in completion] == ["assistant", "tool"]
+        bad = BAD_SUBMITS[k % kinds]
+        repeats = 2 if k >= kinds and bad else 1
+        answer_role = "tool" if bad else "user"  # a malformed call's errors, or a reminder
+        roles = ["system", "user"] + ["assistant", answer_role] * repeats
+        assert [m["role"] for m in prompt] == roles
+        assert [m["content"] for m in prompt[4::2]] == [bad] * (repeats - 1)
+        for reply, answer in zip(prompt[2::2], prompt[3::2], strict=True):
+            parsed = parse_tool_calls(reply["content"], TOOLS)
+            assert not parsed.calls
+            if parsed.errors:  # a malformed call: the parser's errors, as the policy would see them
+                assert answer["content"] == "\n".join(parsed.errors)
+            elif "```python" in reply["content"]:  # no call: the reminder says the block was saved
+                assert answer["content"].startswith(
+                    f"Your last ```python block was saved as {SOLUTION}"
+                )
+        assert [m["role"] for m in completion] == ["assistant", "tool"]
         assert completion[0]["content"] == tool_call_text("submit")
         assert re.fullmatch(r"submitted: (\d+)/\1 hidden tests passed", completion[1]["content"])
     # ptgym sft reads a recovery as prompt + completion and trains on the submit alone.
@@ -273,6 +282,9 @@ def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_a
     path.write_text(json.dumps(recoveries[0]) + "\n")
     ((messages, train_from),) = read_conversations(str(path))
     assert train_from == 4 and messages[4]["content"] == tool_call_text("submit")
+    path.write_text(json.dumps(recoveries[kinds]) + "\n")  # two bad replies, both untrained
+    ((messages, train_from),) = read_conversations(str(path))
+    assert train_from == 6 and messages[6]["content"] == tool_call_text("submit")
     tok = tiny_tokenizer()
     encoded = encode_messages(ChatRenderer(tok), messages, train_from=train_from)
     trained = tok.decode([t for t, m in zip(encoded.ids, encoded.mask, strict=True) if m])
