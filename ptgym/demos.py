@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,12 @@ def code_tools_demos(
     ``write="block-submit"``: a single reply, the program without docstrings in a fenced block
     (saved by the env before the reply's calls run) followed by the ``submit`` call: a valid tool
     call in every reply, and no program ever escaped. ``recover``: that share of block-submit
-    episodes are recoveries, one of ``BAD_SUBMITS`` after the block (alternate rounds of the
-    kinds send it again in a second reply, as the policy loops on its own malformations), the
-    env's real answers, then the valid submit: a prompt/completion row, trained on the submit."""
+    episodes are recoveries, one of ``BAD_SUBMITS`` or (every other one) a ``slipped_call`` after
+    the block (every other pair sends it again in a second reply, as the policy loops on its own
+    malformations), the env's real answers, then the valid submit: a prompt/completion row,
+    trained on the submit."""
     from ptgym.agents.toolcalls import raw_tool_call_text
-    from ptgym.envs.code_tools import SOLUTION, CodeToolsEnv, tool_call_text
+    from ptgym.envs.code_tools import SOLUTION, TOOLS, CodeToolsEnv, tool_call_text
 
     if not 0.0 <= recover <= 1.0:
         raise ValueError(f"recover={recover} is a share of the demonstrations: give 0 to 1")
@@ -200,10 +202,14 @@ def code_tools_demos(
             block = f"```python\n{without_docstrings(code)}```\n"
             done = int(i * recover)  # recoveries before this episode: a share spread evenly
             if int((i + 1) * recover) > done:
-                bad = BAD_SUBMITS[done % len(BAD_SUBMITS)]
-                # Every other round of the kinds, the bad call is repeated once more before the
-                # recovery: the policy's failures loop on their own malformation.
-                repeats = 1 + (done // len(BAD_SUBMITS)) % 2 if bad else 1
+                # Recoveries alternate: one of the kinds the policy was seen to write, then a
+                # random slip of the valid call. In every other pair the bad call is repeated
+                # once more before the recovery: the policy's failures loop on their own slip.
+                if done % 2:
+                    bad = slipped_call(tool_call_text("submit"), TOOLS, random.Random(seed + i))
+                else:
+                    bad = BAD_SUBMITS[done // 2 % len(BAD_SUBMITS)]
+                repeats = 1 + done // 2 % 2 if bad else 1
                 return recovery(info, block, bad, repeats)
             final = env.step(block + tool_call_text("submit"))[4]
             return _row(env, info, final["passed"] / final["total"]) if solved(final) else None
@@ -257,6 +263,34 @@ BAD_SUBMITS = (
     "<tool_call>{}</tool_call>",
     "<tool_call>\n{}\n</tool_call>",
 )
+
+SLIP_CHARS = '{}[]<>/"(),:_ '
+
+
+def slipped_call(call: str, tools: list[dict[str, Any]], rng: random.Random) -> str:
+    """``call`` with one random slip that the tool-call parser refuses for ``tools``: a character dropped,
+    doubled or replaced by a stray bracket or quote, the text cut short, or the closing tag
+    mangled (the 135M policy wrote ``...{}}>``). The slips seen in the policy are few; random
+    ones teach the recovery for the malformation it has not been seen to write yet."""
+    from ptgym.agents.toolcalls import parse_tool_calls
+
+    while True:
+        j = rng.randrange(1, len(call))
+        kind = rng.randrange(5)
+        if kind == 0:
+            bad = call[:j] + call[j + 1 :]
+        elif kind == 1:
+            bad = call[:j] + call[j] + call[j:]
+        elif kind == 2:
+            bad = call[:j] + rng.choice(SLIP_CHARS) + call[j + 1 :]
+        elif kind == 3:  # cut inside the call, after its opening tag
+            bad = call[: rng.randrange(call.index(">") + 2, len(call))]
+        else:
+            bad = call.replace("</tool_call>", rng.choice((">", "</tool>", "<tool_call>", "/>")))
+        parsed = parse_tool_calls(bad, tools)
+        if bad.strip() and not parsed.calls:
+            return bad
+
 
 ENVS = {"math-tools": math_tools_demos, "code-tools": code_tools_demos}  # env -> generator
 

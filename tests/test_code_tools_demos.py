@@ -4,7 +4,9 @@ HumanEval, the benchmark the env is scored on."""
 
 from __future__ import annotations
 
+import difflib
 import json
+import random
 import re
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from ptgym.demos import (
     DemosCommand,
     _with_tools,
     code_tools_demos,
+    slipped_call,
     without_docstrings,
     write_demos,
 )
@@ -256,11 +259,12 @@ def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_a
     assert all("messages" in r for r in rows[::2])
     recoveries = rows[1::2]
     firsts = [r["prompt"][2]["content"].split("```\n", 1)[1] for r in recoveries]
-    assert firsts == list(BAD_SUBMITS) * 2
-    for k, row in enumerate(recoveries):
+    assert firsts[::2] == list(BAD_SUBMITS)  # the kinds seen, alternating with random slips
+    slips = firsts[1::2]
+    assert len(set(slips)) == kinds and tool_call_text("submit") not in slips
+    for k, (row, bad) in enumerate(zip(recoveries, firsts, strict=True)):
         prompt, completion = row["prompt"], row["completion"]
-        bad = BAD_SUBMITS[k % kinds]
-        repeats = 2 if k >= kinds and bad else 1
+        repeats = 1 + k // 2 % 2 if bad else 1  # every other pair loops once on its bad call
         answer_role = "tool" if bad else "user"  # a malformed call's errors, or a reminder
         roles = ["system", "user"] + ["assistant", answer_role] * repeats
         assert [m["role"] for m in prompt] == roles
@@ -282,7 +286,7 @@ def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_a
     path.write_text(json.dumps(recoveries[0]) + "\n")
     ((messages, train_from),) = read_conversations(str(path))
     assert train_from == 4 and messages[4]["content"] == tool_call_text("submit")
-    path.write_text(json.dumps(recoveries[kinds]) + "\n")  # two bad replies, both untrained
+    path.write_text(json.dumps(recoveries[2]) + "\n")  # two bad replies, both untrained
     ((messages, train_from),) = read_conversations(str(path))
     assert train_from == 6 and messages[6]["content"] == tool_call_text("submit")
     tok = tiny_tokenizer()
@@ -293,6 +297,20 @@ def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_a
         code_tools_demos(1, env=env, write="block", recover=0.5)
     with pytest.raises(ValueError, match="recover=2.0 is a share"):
         code_tools_demos(1, env=env, write="block-submit", recover=2.0)
+
+
+def test_a_slipped_call_is_one_small_slip_the_parser_refuses():
+    """``slipped_call``: a seeded random slip of the valid submit, every one refused by the
+    parser for the env's tools, never empty, and close to the call it slips from."""
+    good = tool_call_text("submit")
+    slips = [slipped_call(good, TOOLS, random.Random(i)) for i in range(200)]
+    assert slips == [slipped_call(good, TOOLS, random.Random(i)) for i in range(200)]
+    for bad in slips:
+        assert bad.strip() and not parse_tool_calls(bad, TOOLS).calls
+        cut = good.startswith(bad) and len(bad) > len("<tool_call>")
+        assert cut or difflib.SequenceMatcher(None, bad, good).ratio() > 0.85
+    assert len(set(slips)) > 100  # many different slips, not a few fixed ones
+    assert any(s.endswith("}}>") for s in slips)  # the closing tag the 135M policy mangled
 
 
 @pytest.mark.docker
