@@ -63,9 +63,9 @@ class DemosCommand:
     recover: float = opt(
         0.0,
         "write=block-submit: the share (0-1) of demonstrations that recover from a bad first "
-        "reply (the block with a malformed submit call, or with none; every other round the "
-        "bad call repeated in a second reply) after the env's real errors: they train on the "
-        "last reply only, a valid submit",
+        "reply (the block with a malformed submit call, a random slip of it, or no call; in "
+        "every other pair the bad call repeated in a second reply) after the env's real "
+        "errors: they train on the last reply only, a valid submit",
     )
     kwargs: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
 
@@ -268,8 +268,8 @@ SLIP_CHARS = '{}[]<>/"(),:_ '
 
 
 def slipped_call(call: str, tools: list[dict[str, Any]], rng: random.Random) -> str:
-    """``call`` with one random slip that the tool-call parser refuses for ``tools``: a character dropped,
-    doubled or replaced by a stray bracket or quote, the text cut short, or the closing tag
+    """``call`` with one random slip that the tool-call parser refuses for ``tools``: a character
+    dropped, doubled or replaced by a stray bracket or quote, the text cut short, or the closing tag
     mangled (the 135M policy wrote ``...{}}>``). The slips seen in the policy are few; random
     ones teach the recovery for the malformation it has not been seen to write yet."""
     from ptgym.agents.toolcalls import parse_tool_calls
