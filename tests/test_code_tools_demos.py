@@ -248,8 +248,8 @@ def test_recovery_demonstrations_train_on_the_valid_submit_after_the_envs_real_a
     sandbox_pool, tmp_path
 ):
     """``recover=0.5``: every other block-submit demonstration is a recovery. Its bad replies (the
-    block with a bad submit; in the second round of the kinds the bad call again, alone), in the
-    prompt, get the env's real answers and leave the episode open; its last reply, the only
+    block with one of the kinds or, every other one, a random slip; every other pair sends the bad
+    call again, alone), in the prompt, get the env's real answers and leave the episode open; its last reply, the only
     trained one, is a valid submit that scores 1."""
     env = CodeToolsEnv(tasks="practice", pool=sandbox_pool)
     kinds = len(BAD_SUBMITS)

@@ -17,7 +17,6 @@ from tests.sandbox_fixtures import (  # noqa: F401 (fixtures)
     fixture_sandbox_image,
     labelled_containers,
 )
-from tests.signals import default_ctrl_c
 
 pytestmark = pytest.mark.docker
 
@@ -38,11 +37,7 @@ time.sleep(1)
 
 def run_owner(how: str) -> tuple[str, int]:
     done = subprocess.run(
-        [sys.executable, "-c", OWNER, how],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=default_ctrl_c,
+        [sys.executable, "-c", OWNER, how], capture_output=True, text=True, timeout=120
     )
     pool_id = done.stdout.split()[0]
     return pool_id, done.returncode

@@ -21,7 +21,6 @@ from ptgym.agents.chat import ChatRenderer
 from ptgym.agents.hf import HFBackend
 from ptgym.agents.openai_wire import chat_message
 from ptgym.agents.serve import OpenAIServer
-from tests.signals import default_ctrl_c
 from tests.tiny import tiny_model_and_tokenizer
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
@@ -221,7 +220,6 @@ def test_the_cli_prints_its_url_and_stops_on_ctrl_c():
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=default_ctrl_c,
     )
     try:
         lines = []
